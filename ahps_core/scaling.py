@@ -1,0 +1,295 @@
+"""Transfer rules, depth conventions, and the initialization variance plan. Pure Python: no torch.
+
+Rules
+-----
+``sum-cubed`` (Chen, Wu, Wang, Hanin, ICLR 2024)::
+
+    lr_target = lr_base * sqrt(sum_base L^3 / sum_target L^3) * (q_base / q_target)
+
+``effective-depth`` (Wu et al., 2026)::
+
+    lr_target = lr_base * (L_eff,base / L_eff,target)^(3/2)
+
+with ``L_eff`` the minimal over input->output paths of (weight layers + additions passed) plus the
+convention's offset (:func:`ahps_core.paths.effective_depth`). No kernel factor: Wu et al. absorb fixed
+local structure into constants.
+
+Conventions (``L_p`` = depth of path *p*, ``k_p`` = weight edges on it)
+-------------------------------------------------------------------------
+
+=========  ============  =========================  ======================  ==========================
+family     convention    L_p                        all-skip DAG            kernel factor q_base/q
+=========  ============  =========================  ======================  ==========================
+mlp        reference     k_p + 3 (base sum 27)      one path of L=3         none
+mlp        paper         k_p + 1 (base sum 1)       literal sum             none
+cnn        reference     k_p + 3 (base sum 27)      one path of L=3         3/k (q = kernel side)
+cnn        paper         k_p + 1 (base sum 1)       literal sum             q_base/k
+nb201      reference     k_p + 1, per cell (base 1) literal sum             none (1x1 and 3x3 alike)
+nb201      paper         k_p + 1 (ReLUs: one per    literal sum             q_base / largest conv side
+                         conv + the head's)
+graph      reference     k_p + 1 + depth_offset     literal sum             q_base / largest kernel side
+graph      paper         k_p - 1 + depth_offset     literal sum             q_base / largest kernel side
+=========  ============  =========================  ======================  ==========================
+
+``graph`` specs (files, and graphs extracted from PyTorch models) describe the whole network, stem and
+readout included, so ``k_p`` counts every weight layer on the path: the reference unit (Linear layers plus
+the input layer) is ``k_p + 1``, and the paper's (ReLUs; none after the readout) is ``k_p - 1``. With these,
+the graph extracted from an ``mlp`` DAG model has the same statistics as its DAG code.
+
+A graph with no input->output path raises :class:`~ahps_core.errors.NoPathError` under every convention
+(the reference code treats it as the base network, or exits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ahps_core.errors import ConfigError
+from ahps_core.graph import ArchGraph, Edge, Op, parse_arch
+from ahps_core.paths import PathStats, effective_depth, path_stats
+
+RULES = ("sum-cubed", "effective-depth")
+CONVENTIONS = ("reference", "paper")
+DEGREE_RULES = ("source", "destination")
+
+
+@dataclass(frozen=True)
+class DepthConvention:
+    offset: int
+    collapse_weightless: bool
+    kernel_factor: bool
+
+
+def depth_convention(graph: ArchGraph, convention: str = "reference") -> DepthConvention:
+    """The path-depth convention for ``graph``'s family (see the module docstring's table)."""
+    _check_choice("convention", convention, CONVENTIONS)
+    fam = graph.family
+    ref = convention == "reference"
+    if fam == "mlp":
+        return DepthConvention(3 if ref else 1, ref, False)
+    if fam == "cnn":
+        return DepthConvention(3 if ref else 1, ref, True)
+    if fam == "nb201":
+        return DepthConvention(1, False, not ref)
+    if fam == "graph":
+        return DepthConvention((1 if ref else -1) + graph.depth_offset, False, True)
+    raise ConfigError(f"unknown family {fam!r}")
+
+
+def depth_stats(graph: ArchGraph, convention: str = "reference", *, histogram: bool = False) -> PathStats:
+    """Exact path statistics of ``graph`` under ``convention``."""
+    conv = depth_convention(graph, convention)
+    return path_stats(graph, offset=conv.offset, collapse_weightless=conv.collapse_weightless, histogram=histogram)
+
+
+def default_base(family: str, *, base_kernel_size: int | None = None) -> ArchGraph:
+    """The family's one-hidden-layer base (proxy) network as a graph."""
+    if family in ("mlp", "cnn"):
+        return parse_arch("1", family, kernel_size=base_kernel_size)  # stem -> one skip -> readout
+    if family == "nb201":
+        return parse_arch("1_01_001", "nb201")  # a chain of skips
+    if family == "graph":
+        k = base_kernel_size or 1
+        return parse_arch({
+            "nodes": ["input", "hidden", "output"],
+            "edges": [
+                {"from": "input", "to": "hidden", "op": "weight", "kernel": k},
+                {"from": "hidden", "to": "output", "op": "weight", "kernel": 1},
+            ],
+        })
+    raise ConfigError(f"unknown family {family!r}")
+
+
+def graph_kernel(graph: ArchGraph, kernel_size: int | None = None) -> int | None:
+    """Kernel side length q of ``graph`` for the kernel factor: the ``cnn`` kernel, or the largest kernel side
+    of the weight edges on input->output paths; None when the graph has no weight edge."""
+    if graph.family == "cnn":
+        return kernel_size or _uniform_kernel(graph) or 3
+    if graph.family == "mlp":
+        return 1
+    kernels = graph.weight_kernels
+    return max(kernels) if kernels else None
+
+
+def _uniform_kernel(graph: ArchGraph) -> int | None:
+    ks = {e.kernel for e in graph.edges if e.op is Op.WEIGHT}
+    return ks.pop() if len(ks) == 1 else None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The result of transferring a base LR to a target architecture."""
+
+    arch: str
+    family: str
+    rule: str
+    convention: str
+    base_arch: str
+    base_lr: float
+    lr: float
+    ratio: float
+    depth_factor: float
+    kernel_factor: float
+    target: PathStats
+    base: PathStats
+    kernel: int | None
+    base_kernel: int | None
+    effective_depth: int | None = None
+    base_effective_depth: int | None = None
+
+    def to_dict(self) -> dict:
+        d = {
+            "arch": self.arch,
+            "family": self.family,
+            "rule": self.rule,
+            "convention": self.convention,
+            "base_arch": self.base_arch,
+            "base_lr": self.base_lr,
+            "lr": self.lr,
+            "ratio": self.ratio,
+            "depth_factor": self.depth_factor,
+            "kernel_factor": self.kernel_factor,
+            **self.target.to_dict(),
+            "base_sum_l3": self.base.sum_l3,
+        }
+        if self.kernel is not None:
+            d["kernel"] = self.kernel
+            d["base_kernel"] = self.base_kernel
+        if self.effective_depth is not None:
+            d["effective_depth"] = self.effective_depth
+            d["base_effective_depth"] = self.base_effective_depth
+        return d
+
+
+def sum_cubed_ratio(base_sum_l3: int, target_sum_l3: int) -> float:
+    """``sqrt(base / target)`` for exact (possibly astronomically large) integers, without overflow."""
+    if target_sum_l3 <= 0 or base_sum_l3 <= 0:
+        raise ConfigError(f"sums of cubed depths must be positive (base {base_sum_l3}, target {target_sum_l3})")
+    try:
+        q = base_sum_l3 / target_sum_l3  # int/int true division is correctly rounded for big ints
+        if q > 0.0 and math.isfinite(q):
+            return math.sqrt(q)
+    except OverflowError:
+        pass
+    return math.exp(0.5 * (math.log(base_sum_l3) - math.log(target_sum_l3)))
+
+
+def check_lr(base_lr: float) -> float:
+    if not isinstance(base_lr, (int, float)) or isinstance(base_lr, bool) or not math.isfinite(base_lr) or base_lr <= 0:
+        raise ConfigError(f"base learning rate {base_lr!r} must be a finite number > 0")
+    return float(base_lr)
+
+
+class Transferer:
+    """Transfers a base LR to many targets; the base network's statistics are computed once."""
+
+    def __init__(
+        self,
+        family: str,
+        base_lr: float,
+        *,
+        rule: str = "sum-cubed",
+        convention: str = "reference",
+        base: ArchGraph | None = None,
+        kernel_size: int | None = None,
+        base_kernel_size: int | None = None,
+    ) -> None:
+        _check_choice("rule", rule, RULES)
+        _check_choice("convention", convention, CONVENTIONS)
+        for name, k in (("kernel size", kernel_size), ("base kernel size", base_kernel_size)):
+            if k is not None and (not isinstance(k, int) or k < 1):
+                raise ConfigError(f"{name} {k!r} must be a positive integer")
+        self.base_lr = check_lr(base_lr)
+        self.rule = rule
+        self.convention = convention
+        self.kernel_size = kernel_size
+        self.base = base if base is not None else default_base(family, base_kernel_size=base_kernel_size)
+        self.base_kernel = base_kernel_size or graph_kernel(self.base, base_kernel_size) or (
+            3 if family in ("cnn", "nb201") else 1
+        )
+        self.base_stats = depth_stats(self.base, convention)
+        bconv = depth_convention(self.base, convention)
+        self.base_eff = effective_depth(self.base, offset=bconv.offset) if rule == "effective-depth" else None
+        if self.base_eff is not None and self.base_eff <= 0:
+            raise ConfigError(f"base network {self.base.spec!r} has effective depth {self.base_eff} <= 0")
+
+    def __call__(self, target: ArchGraph) -> Transfer:
+        conv = depth_convention(target, self.convention)
+        stats = path_stats(target, offset=conv.offset, collapse_weightless=conv.collapse_weightless)
+        kernel = graph_kernel(target, self.kernel_size) if conv.kernel_factor else None
+        eff = None
+        if self.rule == "sum-cubed":
+            depth_factor = sum_cubed_ratio(self.base_stats.sum_l3, stats.sum_l3)
+            kernel_factor = self.base_kernel / kernel if kernel else 1.0
+        else:
+            eff = effective_depth(target, offset=conv.offset)
+            if eff <= 0:
+                raise ConfigError(f"architecture {target.spec!r} has effective depth {eff} <= 0")
+            depth_factor = (self.base_eff / eff) ** 1.5
+            kernel_factor = 1.0
+        ratio = depth_factor * kernel_factor
+        return Transfer(
+            arch=target.spec,
+            family=target.family,
+            rule=self.rule,
+            convention=self.convention,
+            base_arch=self.base.spec,
+            base_lr=self.base_lr,
+            lr=self.base_lr * ratio,
+            ratio=ratio,
+            depth_factor=depth_factor,
+            kernel_factor=kernel_factor,
+            target=stats,
+            base=self.base_stats,
+            kernel=kernel,
+            base_kernel=self.base_kernel if kernel else None,
+            effective_depth=eff,
+            base_effective_depth=self.base_eff,
+        )
+
+
+def transfer_lr(target: ArchGraph, base_lr: float, **kwargs) -> Transfer:
+    """One-shot :class:`Transferer` (see its arguments)."""
+    return Transferer(target.family, base_lr, **kwargs)(target)
+
+
+# --- initialization plan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EdgeInit:
+    """Init of one weight edge: ``Var[W] = gain**2 / (fan_in * degree)`` (He fan-in divided by an in-degree)."""
+
+    index: int  # position in graph.edges
+    edge: Edge
+    degree: int
+
+    @property
+    def variance_scale(self) -> float:
+        """``gain**2 / degree`` with the ReLU gain sqrt(2); multiply by ``1 / fan_in`` for the variance."""
+        return 2.0 / self.degree
+
+
+def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
+    """The variance plan of every weight edge of ``graph``.
+
+    ``source`` (default; eq. 4 of Chen et al. and the reference code): divide by the in-degree of the edge's
+    source vertex. Our models sum post-activation outputs at each vertex (like the reference code), so the
+    source's in-degree is the number of terms in the sum the layer reads. ``destination`` (Appendix A,
+    eq. 12): divide by the destination's in-degree. In-degrees count live signal inputs (skips and pools
+    included, zero edges excluded); the input vertex counts 1.
+    """
+    _check_choice("degree rule", degree, DEGREE_RULES)
+    plan = []
+    for i, e in enumerate(graph.edges):
+        if e.op is not Op.WEIGHT:
+            continue
+        d = graph.in_degree(e.src if degree == "source" else e.dst)
+        plan.append(EdgeInit(i, e, max(d, 1)))
+    return tuple(plan)
+
+
+def _check_choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {what} {value!r}: accepted are {', '.join(accepted)}")
