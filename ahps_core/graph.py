@@ -294,7 +294,7 @@ def _nb201_graph(ops: list[list[str]], spec: str) -> ArchGraph:
         for src, name in enumerate(group):
             op, kernel = NB201_OP_TYPES[name]
             edges.append(Edge(src, dst, op, kernel, name))
-    return ArchGraph(NB201_NODES, tuple(edges), "nb201", nb201_arch_str(ops))
+    return ArchGraph(NB201_NODES, tuple(edges), "nb201", spec)
 
 
 def _parse_nb201(body: str) -> ArchGraph:
@@ -348,6 +348,16 @@ def parse_nb201_arch_str(arch: str) -> list[list[str]]:
 
 def nb201_arch_str(ops: Iterable[Iterable[str]]) -> str:
     return "+".join("|" + "|".join(f"{op}~{j}" for j, op in enumerate(group)) + "|" for group in ops)
+
+
+def nb201_arch_string(graph: ArchGraph) -> str:
+    """The canonical NB201 arch string (``|op~0|+|op~0|op~1|+|...|``) of an NB201 cell graph."""
+    if graph.family != "nb201":
+        raise ConfigError(f"architecture {graph.spec!r} is not an nb201 cell")
+    by_dst: dict[int, list[str]] = {}
+    for e in graph.edges:
+        by_dst.setdefault(e.dst, []).append(e.name)
+    return nb201_arch_str(by_dst[d] for d in sorted(by_dst))
 
 
 def nb201_code(graph: ArchGraph) -> str:

@@ -205,7 +205,7 @@ def enumerate_paths(graph: ArchGraph, limit: int | None = None) -> list[int]:
     """Brute force: the weight-edge count of every input->output signal path (exponential; for tests and
     the benchmark's baseline). ``limit`` stops after that many paths with a RuntimeError."""
     succ: dict[int, list[tuple[int, int]]] = {}
-    for e in graph.signal_edges:
+    for e in graph.path_edges:
         succ.setdefault(e.src, []).append((e.dst, 1 if e.op is Op.WEIGHT else 0))
     out: list[int] = []
     target = graph.output

@@ -83,7 +83,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="ahps", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="ahps", standalone_mode=False)
     except AhpsError as exc:
         if os.environ.get("AHPS_DEBUG"):
             raise
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    # in non-standalone mode click returns a command's Exit code (or the command's return value)
+    return code if isinstance(code, int) else 0
 
 
 def run_main() -> None:  # pragma: no cover - console entry

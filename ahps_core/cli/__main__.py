@@ -1,0 +1,5 @@
+import sys
+
+from ahps_core.cli import main
+
+sys.exit(main())
