@@ -1,0 +1,483 @@
+"""Rank statistics between benchmark accuracies and re-trained ("new") accuracies.
+
+Protocol (Chen, Wu, Wang, Hanin, ICLR 2024, §4.3, Fig. 4 and Appendix E.4; papers.md §1.6 and A9):
+
+* **Top-K% sets**, K = 100, 90, ..., 10, 5, 1 (:data:`DEFAULT_KS`): the ``ceil(N * K / 100)`` best of the N
+  architectures present in both inputs. The paper does not say which accuracy defines "best" (A9):
+  ``select_by="benchmark"`` (default: the set is fixed by the benchmark, independent of the new runs) or
+  ``"new"``; :func:`ranking_report` gives both. Ties at the cut are broken by architecture key.
+* **Kendall τ-b** (``scipy.stats.kendalltau(variant="b")``; the paper names "Kendall-Tau", τ-b is the variant
+  that corrects for ties, which benchmark accuracies at 0.01% resolution have) and **Spearman ρ**
+  (``scipy.stats.spearmanr``) between the benchmark accuracy (NB201: mean over seeds 777/888/999) and the new
+  accuracy, within each set.
+* **Noise floor** (Appendix E.4): on the same set, τ-b between the benchmark's own seeds, averaged over seed
+  pairs. It compares single seeds while the main τ uses a 3-seed mean, so it is a conservative floor.
+* **Bootstrap CIs**: percentile intervals over ``n_boot`` resamples of the *architectures* of a set, with
+  replacement, drawn by ``numpy.random.default_rng`` seeded per statistic and K (adding a K does not change
+  the others). ``scipy.stats.bootstrap`` was not used: its default BCa interval fails or warns on resamples
+  whose statistic is undefined (a resample of a small set can be constant), and it would draw separate
+  resamples per statistic; here τ, ρ and the noise τ of one K share the same resamples and undefined
+  resamples are dropped and counted in the note.
+* **Pairwise gaps** (Fig. 4, right column, "pairwise accuracy gaps between architectures shrink"; the
+  statistic is our reading [I]): ``|acc_i - acc_j|`` over pairs of architectures, under the benchmark and
+  under the new scheme; the exact mean over all pairs, the ratio new/benchmark with a bootstrap CI, and the
+  share of pairs whose gap shrank.
+* **Mean accuracy delta** (§4.3: +0.44 / +1.24 / +2.09 points on CIFAR-10 / CIFAR-100 / ImageNet16-120):
+  mean of ``new - benchmark`` with a bootstrap CI.
+
+Degenerate inputs (fewer than 3 architectures, constant accuracies) give NaN and a note, never an exception.
+:func:`ranking_report` returns strict JSON (NaN as ``null``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats
+
+from ahps_core.errors import ConfigError
+
+DEFAULT_KS: tuple[float, ...] = (100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 1)
+SELECT_BY = ("benchmark", "new")
+NAN_CI = (math.nan, math.nan)
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Rank agreement within the top ``k`` % (``n`` architectures). CIs are ``(low, high)``."""
+
+    k: float
+    n: int
+    tau: float
+    tau_ci: tuple[float, float]
+    spearman: float
+    spearman_ci: tuple[float, float]
+    noise_tau: float
+    noise_tau_ci: tuple[float, float]
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "k": self.k,
+            "n": self.n,
+            "tau": _json(self.tau),
+            "tau_ci": [_json(x) for x in self.tau_ci],
+            "spearman": _json(self.spearman),
+            "spearman_ci": [_json(x) for x in self.spearman_ci],
+            "noise_tau": _json(self.noise_tau),
+            "noise_tau_ci": [_json(x) for x in self.noise_tau_ci],
+            "note": self.note,
+        }
+
+
+class Delta(NamedTuple):
+    """Mean of ``new - benchmark`` over ``n`` architectures, with its bootstrap CI."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class PairGaps:
+    """Pairwise accuracy gaps ``|acc_i - acc_j|``; ``bench_gaps``/``new_gaps`` hold the pairs used for plots
+    and ``frac_shrunk`` (all pairs, or ``max_pairs`` drawn at random when ``sampled``); the means are exact
+    over all pairs."""
+
+    n: int
+    n_pairs: int
+    sampled: bool
+    bench_gaps: np.ndarray = field(repr=False)
+    new_gaps: np.ndarray = field(repr=False)
+    mean_bench: float
+    mean_new: float
+    ratio: float
+    ratio_ci: tuple[float, float]
+    frac_shrunk: float
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        def quantiles(g: np.ndarray) -> dict:
+            if g.size == 0:
+                return {"p10": None, "median": None, "p90": None}
+            p10, med, p90 = np.percentile(g, [10, 50, 90])
+            return {"p10": float(p10), "median": float(med), "p90": float(p90)}
+
+        return {
+            "n": self.n,
+            "n_pairs": self.n_pairs,
+            "pairs_sampled": self.sampled,
+            "mean_bench": _json(self.mean_bench),
+            "mean_new": _json(self.mean_new),
+            "ratio_new_over_bench": _json(self.ratio),
+            "ratio_ci": [_json(x) for x in self.ratio_ci],
+            "frac_shrunk": _json(self.frac_shrunk),
+            "bench": quantiles(self.bench_gaps),
+            "new": quantiles(self.new_gaps),
+            "note": self.note,
+        }
+
+
+# --- top-K correlations ---------------------------------------------------------------------------------------
+
+
+def topk_correlations(
+    bench_acc: Mapping[str, float],
+    new_acc: Mapping[str, float],
+    *,
+    ks: Sequence[float] = DEFAULT_KS,
+    select_by: str = "benchmark",
+    bench_seeds: Mapping[str, Mapping[int, float]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> list[TopK]:
+    """Kendall τ-b, Spearman ρ and the seed-to-seed noise τ within each top-K% set, with bootstrap CIs.
+
+    Only architectures in both ``bench_acc`` and ``new_acc`` count. ``bench_seeds`` maps an architecture to
+    its per-seed benchmark accuracies (:meth:`~ahps_core.benchmarks.BenchmarkRecords.seed_accuracies`);
+    without it the noise floor is NaN. ``n_boot=0`` skips the bootstrap (CIs NaN).
+    """
+    if select_by not in SELECT_BY:
+        raise ConfigError(f"select_by={select_by!r}: accepted are {', '.join(SELECT_BY)}")
+    _check_boot(n_boot, ci)
+    bad = [k for k in ks if not (isinstance(k, (int, float)) and 0 < k <= 100)]
+    if bad or not ks:
+        raise ConfigError(f"top-K percentages {list(ks)!r} must be non-empty, each in (0, 100]")
+    archs, b, y = _common(bench_acc, new_acc)
+    order = _ranked(archs, b if select_by == "benchmark" else y)
+    seeds_matrix, seed_note = _seed_matrix(archs, bench_seeds)
+    out = []
+    for k in ks:
+        top = np.array(order[: _top_count(len(archs), k)], dtype=int)
+        out.append(_topk(k, b[top], y[top], seeds_matrix[top], seed_note, n_boot, seed, ci))
+    return out
+
+
+def top_set(acc: Mapping[str, float], k: float) -> list[str]:
+    """The ``ceil(N * k / 100)`` best architectures by ``acc``, best first (ties broken by key)."""
+    archs = sorted(acc)
+    order = _ranked(archs, np.array([acc[a] for a in archs], dtype=float))
+    return [archs[i] for i in order[: _top_count(len(archs), k)]]
+
+
+def _ranked(archs: list[str], values: np.ndarray) -> list[int]:
+    return sorted(range(len(archs)), key=lambda i: (-values[i], archs[i]))
+
+
+def _top_count(n: int, k: float) -> int:
+    return math.ceil(round(n * k / 100, 9))
+
+
+def _topk(
+    k: float, b: np.ndarray, y: np.ndarray, s: np.ndarray, seed_note: str, n_boot: int, seed: int, ci: float
+) -> TopK:
+    n = len(b)
+    tau, rho, note = _correlations(b, y)
+    has_seeds = s.shape[1] > 0
+    noise, noise_note = _noise_tau(s) if has_seeds else (math.nan, seed_note)
+    notes = [x for x in (note, noise_note) if x]
+    incomplete = int(np.isnan(s).any(axis=1).sum()) if has_seeds else 0
+    if incomplete:
+        notes.append(f"{incomplete} architecture(s) lack some benchmark seeds: each seed pair uses those with both")
+    if n < 3 or n_boot == 0:
+        return TopK(k, n, tau, NAN_CI, rho, NAN_CI, noise, NAN_CI, "; ".join(notes))
+    rng = np.random.default_rng([seed, round(k * 1000)])
+    boot = np.full((n_boot, 3), math.nan)
+    for r, idx in enumerate(rng.integers(0, n, size=(n_boot, n))):
+        boot[r, 0], boot[r, 1], _ = _correlations(b[idx], y[idx])
+        if has_seeds:
+            boot[r, 2] = _noise_tau(s[idx])[0]
+    dropped = int(np.isnan(boot[:, 0]).sum())
+    if dropped and not note:
+        notes.append(f"{dropped} of {n_boot} bootstrap resamples were degenerate (constant) and dropped")
+
+    def interval(column: int, point: float) -> tuple[float, float]:
+        return NAN_CI if math.isnan(point) else _percentile_ci(boot[:, column], ci)
+
+    return TopK(
+        k, n, tau, interval(0, tau), rho, interval(1, rho), noise, interval(2, noise), "; ".join(notes)
+    )
+
+
+def _correlations(b: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
+    """(τ-b, ρ, note); NaN with a note when undefined."""
+    if len(b) < 3:
+        return math.nan, math.nan, f"fewer than 3 architectures ({len(b)}): correlations undefined"
+    if np.ptp(b) == 0 or np.ptp(y) == 0:
+        which = "benchmark" if np.ptp(b) == 0 else "new"
+        return math.nan, math.nan, f"constant {which} accuracies: correlations undefined"
+    tau = stats.kendalltau(b, y, variant="b").statistic
+    rho = stats.spearmanr(b, y).statistic
+    return float(tau), float(rho), ""
+
+
+def _noise_tau(s: np.ndarray) -> tuple[float, str]:
+    """Mean over seed pairs of τ-b between per-seed accuracies (rows: architectures, NaN: seed missing)."""
+    taus = []
+    for i, j in combinations(range(s.shape[1]), 2):
+        both = ~np.isnan(s[:, i]) & ~np.isnan(s[:, j])
+        tau, _, note = _correlations(s[both, i], s[both, j])
+        if not note:
+            taus.append(tau)
+    if not taus:
+        return math.nan, "noise floor undefined: no seed pair with 3+ architectures and non-constant accuracies"
+    return float(np.mean(taus)), ""
+
+
+def _seed_matrix(archs: list[str], bench_seeds: Mapping[str, Mapping[int, float]] | None) -> tuple[np.ndarray, str]:
+    if not bench_seeds:
+        return np.zeros((len(archs), 0)), "no per-seed benchmark accuracies given: no noise floor"
+    per_arch = [{int(sd): float(v) for sd, v in bench_seeds.get(a, {}).items()} for a in archs]  # JSON: "777"
+    seeds = sorted({sd for accs in per_arch for sd in accs})
+    m = np.full((len(archs), len(seeds)), math.nan)
+    for r, accs in enumerate(per_arch):
+        for c, sd in enumerate(seeds):
+            m[r, c] = accs.get(sd, math.nan)
+    if len(seeds) < 2:
+        return np.zeros((len(archs), 0)), f"per-seed accuracies have {len(seeds)} seed(s): no seed pair, no noise floor"
+    return m, ""
+
+
+# --- gaps and deltas ------------------------------------------------------------------------------------------
+
+
+def pairwise_gaps(
+    bench_acc: Mapping[str, float],
+    new_acc: Mapping[str, float],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    max_pairs: int = 100_000,
+) -> PairGaps:
+    """Pairwise accuracy gaps under the benchmark and the new scheme (Chen et al., Fig. 4 right column)."""
+    _check_boot(n_boot, ci)
+    if not isinstance(max_pairs, int) or max_pairs < 1:
+        raise ConfigError(f"max_pairs={max_pairs!r} must be a positive integer")
+    _, b, y = _common(bench_acc, new_acc)
+    n = len(b)
+    n_pairs = n * (n - 1) // 2
+    if n < 2:
+        empty = np.zeros(0)
+        note = f"fewer than 2 architectures ({n}): no pairs"
+        return PairGaps(n, 0, False, empty, empty, math.nan, math.nan, math.nan, NAN_CI, math.nan, note)
+    rng = np.random.default_rng([seed, 1])
+    if n_pairs <= max_pairs:
+        i, j = np.triu_indices(n, 1)
+    else:
+        i = rng.integers(0, n, size=max_pairs)
+        j = (i + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
+    gb, gy = np.abs(b[i] - b[j]), np.abs(y[i] - y[j])
+    mean_b, mean_y = _mean_abs_diff(b), _mean_abs_diff(y)
+    ratio = mean_y / mean_b if mean_b > 0 else math.nan
+    note = "" if mean_b > 0 else "all benchmark accuracies are equal: the gap ratio is undefined"
+    ratio_ci = NAN_CI
+    if n_boot and mean_b > 0:
+        ratios = np.full(n_boot, math.nan)
+        for r, idx in enumerate(rng.integers(0, n, size=(n_boot, n))):
+            mb = _mean_abs_diff(b[idx])
+            if mb > 0:
+                ratios[r] = _mean_abs_diff(y[idx]) / mb
+        ratio_ci = _percentile_ci(ratios, ci)
+    return PairGaps(n, n_pairs, n_pairs > max_pairs, gb, gy, mean_b, mean_y, ratio, ratio_ci,
+                    float(np.mean(gy < gb)), note)
+
+
+def _mean_abs_diff(x: np.ndarray) -> float:
+    """Exact mean of ``|x_i - x_j|`` over pairs i < j in O(n log n): sum_k x_(k) (2k - n - 1) / C(n, 2)."""
+    n = len(x)
+    xs = np.sort(x)
+    return float(np.dot(xs, 2 * np.arange(1, n + 1) - n - 1) / (n * (n - 1) / 2))
+
+
+def accuracy_delta(
+    bench_acc: Mapping[str, float], new_acc: Mapping[str, float], n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> Delta:
+    """Mean of ``new - benchmark`` over the common architectures and its percentile bootstrap CI."""
+    _check_boot(n_boot, ci)
+    _, b, y = _common(bench_acc, new_acc)
+    d = y - b
+    if len(d) == 0:
+        return Delta(math.nan, math.nan, math.nan, 0)
+    if len(d) < 2 or n_boot == 0:
+        return Delta(float(d.mean()), math.nan, math.nan, len(d))
+    rng = np.random.default_rng([seed, 2])
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    low, high = _percentile_ci(means, ci)
+    return Delta(float(d.mean()), low, high, len(d))
+
+
+# --- plots ----------------------------------------------------------------------------------------------------
+
+
+def plot_topk(results: Mapping[str, Sequence[TopK]] | Sequence[TopK], path: str | Path, *, title: str = "") -> Path:
+    """τ-b (with CI band), Spearman ρ and the noise τ against K; one τ line per selection in ``results``."""
+    series = results if isinstance(results, Mapping) else {"benchmark": results}
+    fig, ax = _figure(width=9)
+    for sel, rows in series.items():
+        x = np.arange(len(rows))
+        tau = np.array([r.tau for r in rows])
+        lo = np.array([r.tau_ci[0] for r in rows])
+        hi = np.array([r.tau_ci[1] for r in rows])
+        line = ax.plot(x, tau, marker="o", label=f"Kendall τ-b (top set by {sel})")[0]
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.plot(x, [r.spearman for r in rows], ls="--", color=line.get_color(), label=f"Spearman ρ (by {sel})")
+        ax.plot(x, [r.noise_tau for r in rows], ls=":", marker="s", color=line.get_color(),
+                label=f"seed-to-seed τ-b, noise floor (by {sel})")
+    rows = next(iter(series.values()))
+    ax.set_xticks(np.arange(len(rows)), [f"{r.k:g}\nn={r.n}" for r in rows], fontsize="small")
+    ax.set_xlabel("top K% of architectures")
+    ax.set_ylabel("rank correlation")
+    ax.set_title(title or "Benchmark vs new ranking within the top K%")
+    ax.legend(fontsize="x-small", loc="lower left")
+    return _save(fig, path)
+
+
+def plot_gaps(gaps: PairGaps, path: str | Path, *, title: str = "") -> Path:
+    """Empirical CDFs of the pairwise accuracy gaps under the benchmark and the new scheme."""
+    fig, ax = _figure()
+    for g, label in ((gaps.bench_gaps, "benchmark"), (gaps.new_gaps, "new")):
+        if g.size:
+            xs = np.sort(g)
+            ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", label=f"{label} (mean {np.mean(g):.2f})")
+    ax.set_xlabel("pairwise accuracy gap |acc_i - acc_j| (points)")
+    ax.set_ylabel("fraction of pairs")
+    ax.set_title(title or f"Pairwise gaps, n={gaps.n}{' (sampled pairs)' if gaps.sampled else ''}")
+    if gaps.bench_gaps.size:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_scatter(
+    bench_acc: Mapping[str, float],
+    new_acc: Mapping[str, float],
+    path: str | Path,
+    *,
+    top_k: float = 10,
+    title: str = "",
+) -> Path:
+    """New vs benchmark accuracy, the identity line, and the benchmark's top ``top_k`` % highlighted."""
+    archs, b, y = _common(bench_acc, new_acc)
+    fig, ax = _figure()
+    top = np.array(_ranked(archs, b)[: _top_count(len(b), top_k)], dtype=int)
+    ax.scatter(b, y, s=10, alpha=0.6, label="architectures")
+    if len(b):
+        ax.scatter(b[top], y[top], s=14, color="tab:red", label=f"benchmark top {top_k:g}%")
+        lim = [min(b.min(), y.min()), max(b.max(), y.max())]
+        ax.plot(lim, lim, color="gray", lw=1, label="new = benchmark")
+        ax.legend(fontsize="small")
+    ax.set_xlabel("benchmark accuracy (%)")
+    ax.set_ylabel("new accuracy (%)")
+    ax.set_title(title or f"New vs benchmark accuracy (n={len(b)})")
+    return _save(fig, path)
+
+
+def _figure(width: float = 7):  # matplotlib imported lazily, without pyplot's global state or backend switching
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 4.5), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+
+def ranking_report(
+    bench_acc: Mapping[str, float],
+    new_acc: Mapping[str, float],
+    *,
+    bench_seeds: Mapping[str, Mapping[int, float]] | None = None,
+    dataset: str | None = None,
+    ks: Sequence[float] = DEFAULT_KS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    out_dir: str | Path | None = None,
+) -> dict:
+    """Everything above for one dataset as strict JSON; with ``out_dir``, the three plots too (paths listed)."""
+    archs, _, _ = _common(bench_acc, new_acc)
+    topk = {
+        sel: topk_correlations(bench_acc, new_acc, ks=ks, select_by=sel, bench_seeds=bench_seeds,
+                               n_boot=n_boot, seed=seed, ci=ci)
+        for sel in SELECT_BY
+    }
+    gaps = pairwise_gaps(bench_acc, new_acc, n_boot=n_boot, seed=seed, ci=ci)
+    delta = accuracy_delta(bench_acc, new_acc, n_boot=n_boot, seed=seed, ci=ci)
+    report: dict = {
+        "dataset": dataset,
+        "n_bench": len(bench_acc),
+        "n_new": len(new_acc),
+        "n_common": len(archs),
+        "protocol": {
+            "source": "Chen et al., ICLR 2024, §4.3, Fig. 4, App. E.4",
+            "statistics": "Kendall tau-b (scipy.stats.kendalltau, variant='b'); Spearman rho (scipy.stats.spearmanr)",
+            "top_set": "ceil(N*K/100) best architectures by the 'select_by' accuracy, ties broken by key",
+            "noise_floor": "mean over benchmark seed pairs of tau-b between per-seed accuracies, same set",
+            "bootstrap": f"percentile, {n_boot} resamples of architectures, seed {seed}, {ci:.0%} interval",
+            "ks": list(ks),
+        },
+        "topk": {sel: [t.to_dict() for t in rows] for sel, rows in topk.items()},
+        "delta": {"mean": _json(delta.mean), "ci": [_json(delta.ci_low), _json(delta.ci_high)], "n": delta.n},
+        "gaps": gaps.to_dict(),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        stem = f"{dataset}_" if dataset else ""
+        label = f" ({dataset})" if dataset else ""
+        report["plots"] = {
+            "topk": str(plot_topk(topk, out / f"{stem}topk.png", title=f"Top-K% rank agreement{label}")),
+            "gaps": str(plot_gaps(gaps, out / f"{stem}gaps.png", title=f"Pairwise accuracy gaps{label}")),
+            "scatter": str(plot_scatter(bench_acc, new_acc, out / f"{stem}scatter.png",
+                                        title=f"New vs benchmark accuracy{label}")),
+        }
+    return report
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _common(bench_acc: Mapping[str, float], new_acc: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Architectures in both mappings (sorted keys) and their accuracies; non-finite values are refused."""
+    archs = sorted(set(bench_acc) & set(new_acc))
+    b = np.array([float(bench_acc[a]) for a in archs], dtype=float)
+    y = np.array([float(new_acc[a]) for a in archs], dtype=float)
+    bad = [a for a, u, v in zip(archs, b, y) if not (math.isfinite(u) and math.isfinite(v))]
+    if bad:
+        raise ConfigError(
+            f"non-finite accuracy for {len(bad)} architecture(s), e.g. {bad[0]!r}: drop or fix them first"
+        )
+    return archs, b, y
+
+
+def _percentile_ci(values: np.ndarray, ci: float) -> tuple[float, float]:
+    finite = values[~np.isnan(values)]
+    if finite.size == 0:
+        return NAN_CI
+    low, high = np.percentile(finite, [50 * (1 - ci), 50 * (1 + ci)])
+    return float(low), float(high)
+
+
+def _check_boot(n_boot: int, ci: float) -> None:
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 0:
+        raise ConfigError(f"n_boot={n_boot!r} must be a non-negative integer (0 skips the bootstrap)")
+    if not 0 < ci < 1:
+        raise ConfigError(f"ci={ci!r} must be a confidence level in (0, 1), e.g. 0.95")
+
+
+def _json(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
