@@ -200,3 +200,23 @@ def test_plots_and_report(tmp_path):
     assert sorted(rep["plots"]) == ["gaps", "scatter", "topk"]
     for p in rep["plots"].values():
         assert p.startswith(str(tmp_path / "r" / "cifar100_")) and is_png(tmp_path / "r" / p.rsplit("/", 1)[1])
+
+
+def test_bootstrap_correlations_equal_scipy_with_ties():
+    from ahps_core.ranking import bootstrap_correlations
+
+    rng = np.random.default_rng(7)
+    for n in (3, 5, 17, 60):
+        b = rng.integers(0, 6, size=n).astype(float)  # many ties on both sides
+        y = b + rng.integers(-2, 3, size=n)
+        idx = rng.integers(0, n, size=(40, n))
+        idx[0] = 0  # a resample of one architecture repeated: constant, undefined
+        tau, rho = bootstrap_correlations(b, y, idx)
+        assert np.isnan(tau[0]) and np.isnan(rho[0])
+        for r in range(1, 40):
+            bb, yy = b[idx[r]], y[idx[r]]
+            if np.ptp(bb) == 0 or np.ptp(yy) == 0:  # scipy warns and returns NaN: we return NaN quietly
+                assert np.isnan(tau[r]) and np.isnan(rho[r])
+                continue
+            assert tau[r] == pytest.approx(stats.kendalltau(bb, yy, variant="b").statistic, abs=1e-12, nan_ok=True)
+            assert rho[r] == pytest.approx(stats.spearmanr(bb, yy).statistic, abs=1e-12, nan_ok=True)
