@@ -239,7 +239,7 @@ def parse_arch(spec: str | Mapping, family: str | None = None, *, kernel_size: i
     edges of ``cnn`` DAG codes (default 3, the reference code's base kernel).
     """
     if isinstance(spec, Mapping):
-        return _parse_graph_mapping(spec, "<mapping>")
+        return _parse_graph_mapping(spec, str(spec.get("name", "<mapping>")))
     if not isinstance(spec, str) or not spec.strip():
         raise ArchSpecError(f"empty architecture spec {spec!r}")
     fam, body = detect_family(spec, family)

@@ -51,7 +51,7 @@ from ahps_core.paths import PathStats, effective_depth, path_stats
 
 RULES = ("sum-cubed", "effective-depth")
 CONVENTIONS = ("reference", "paper")
-DEGREE_RULES = ("source", "destination")
+DEGREE_RULES = ("source", "destination", "mean-field")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ def default_base(family: str, *, base_kernel_size: int | None = None) -> ArchGra
     if family == "graph":
         k = base_kernel_size or 1
         return parse_arch({
+            "name": "proxy(input->hidden->output)",
             "nodes": ["input", "hidden", "output"],
             "edges": [
                 {"from": "input", "to": "hidden", "op": "weight", "kernel": k},
@@ -205,6 +206,9 @@ class Transferer:
         self.convention = convention
         self.kernel_size = kernel_size
         self.base = base if base is not None else default_base(family, base_kernel_size=base_kernel_size)
+        # q_base: explicit, else the base's own kernel, else the reference's KERNEL_BASE = 3 for convolutional
+        # targets (decided per target for graph specs, whose default base is a linear proxy) and 1 otherwise
+        self._conv_default_base_kernel = base_kernel_size is None and base is None and family == "graph"
         self.base_kernel = base_kernel_size or graph_kernel(self.base, base_kernel_size) or (
             3 if family in ("cnn", "nb201") else 1
         )
@@ -218,10 +222,13 @@ class Transferer:
         conv = depth_convention(target, self.convention)
         stats = path_stats(target, offset=conv.offset, collapse_weightless=conv.collapse_weightless)
         kernel = graph_kernel(target, self.kernel_size) if conv.kernel_factor else None
+        base_kernel = self.base_kernel
+        if self._conv_default_base_kernel and kernel and kernel > 1:
+            base_kernel = 3
         eff = None
         if self.rule == "sum-cubed":
             depth_factor = sum_cubed_ratio(self.base_stats.sum_l3, stats.sum_l3)
-            kernel_factor = self.base_kernel / kernel if kernel else 1.0
+            kernel_factor = base_kernel / kernel if kernel else 1.0
         else:
             eff = effective_depth(target, offset=conv.offset)
             if eff <= 0:
@@ -243,7 +250,7 @@ class Transferer:
             target=stats,
             base=self.base_stats,
             kernel=kernel,
-            base_kernel=self.base_kernel if kernel else None,
+            base_kernel=base_kernel if kernel else None,
             effective_depth=eff,
             base_effective_depth=self.base_eff,
         )
@@ -259,16 +266,18 @@ def transfer_lr(target: ArchGraph, base_lr: float, **kwargs) -> Transfer:
 
 @dataclass(frozen=True)
 class EdgeInit:
-    """Init of one weight edge: ``Var[W] = gain**2 / (fan_in * degree)`` (He fan-in divided by an in-degree)."""
+    """Init of one weight edge: ``Var[W] = gain**2 / (fan_in * divisor)`` (He fan-in divided by an in-degree,
+    or by the mean-field divisor ``d (1 + (d - 1) / pi)``)."""
 
     index: int  # position in graph.edges
     edge: Edge
     degree: int
+    divisor: float
 
     @property
     def variance_scale(self) -> float:
-        """``gain**2 / degree`` with the ReLU gain sqrt(2); multiply by ``1 / fan_in`` for the variance."""
-        return 2.0 / self.degree
+        """``gain**2 / divisor`` with the ReLU gain sqrt(2); multiply by ``1 / fan_in`` for the variance."""
+        return 2.0 / self.divisor
 
 
 def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
@@ -279,14 +288,22 @@ def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
     source's in-degree is the number of terms in the sum the layer reads. ``destination`` (Appendix A,
     eq. 12): divide by the destination's in-degree. In-degrees count live signal inputs (skips and pools
     included, zero edges excluded); the input vertex counts 1.
+
+    ``mean-field``: neither rule keeps the forward second moment flat in this layout, because ReLU outputs
+    have a non-zero mean, so the d terms summed at a vertex are correlated: d fresh ReLU terms of second
+    moment q sum to ``d q (1 + (d - 1) / pi)``, not ``d q``. Dividing by that factor at the destination,
+    ``Var = 2 / (fan_in d (1 + (d - 1) / pi))``, keeps every vertex of a skip-free DAG at the stem's second
+    moment (exactly, at large width). With skip edges no weight-variance rule can: a skip passes its source's
+    value unchanged, so a vertex that adds anything to it holds more.
     """
     _check_choice("degree rule", degree, DEGREE_RULES)
     plan = []
     for i, e in enumerate(graph.edges):
         if e.op is not Op.WEIGHT:
             continue
-        d = graph.in_degree(e.src if degree == "source" else e.dst)
-        plan.append(EdgeInit(i, e, max(d, 1)))
+        d = max(graph.in_degree(e.src if degree == "source" else e.dst), 1)
+        divisor = d * (1 + (d - 1) / math.pi) if degree == "mean-field" else float(d)
+        plan.append(EdgeInit(i, e, d, divisor))
     return tuple(plan)
 
 

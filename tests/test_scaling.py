@@ -125,6 +125,9 @@ def test_e5_in_degree_init():
     full = parse_arch("2_22_222_2222", "mlp")
     assert [p.degree for p in init_plan(full)] == [1, 1, 1, 1, 1, 2, 1, 1, 2, 3]
     assert [p.degree for p in init_plan(full, "destination")] == [1, 2, 2, 3, 3, 3, 4, 4, 4, 4]
+    mf = init_plan(full, "mean-field")
+    assert [p.degree for p in mf] == [p.degree for p in init_plan(full, "destination")]
+    assert [p.divisor for p in mf] == pytest.approx([d * (1 + (d - 1) / math.pi) for d in (1, 2, 2, 3, 3, 3, 4, 4, 4, 4)])
     with pytest.raises(ConfigError, match="degree rule"):
         init_plan(g, "middle")
 
