@@ -1,0 +1,300 @@
+"""``ahps find-lr``, ``ahps validate`` and ``ahps train``: thin click commands over the library.
+
+Bad input (unknown family or dataset, missing data, LR <= 0, empty grid, ...) raises
+:class:`~ahps_core.errors.ConfigError` / :class:`~ahps_core.errors.DataError`, which the ``ahps`` entry point
+prints as one line (``error: ...``) with a non-zero exit code. Human output is short tables; ``--json`` prints
+one JSON document on stdout. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import click
+
+from ahps_core.errors import ConfigError
+
+family_opt = click.option("--family", required=True, help="Model family: mlp, cnn or nb201.")
+dataset_opt = click.option(
+    "--dataset", required=True, help="digits, cifar10, cifar10-valid, cifar100 or ImageNet16-120.",
+)
+data_root_opt = click.option(
+    "--data-root", default=None, help="Directory or s3://bucket/prefix holding the dataset files (not for digits).",
+)
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+
+
+def grid_options(f):
+    f = click.option("--grid", "grid_list", default=None,
+                     help="Explicit comma-separated LRs (instead of --grid-min/--grid-max/--grid-points).")(f)
+    f = click.option("--grid-points", type=int, default=None, help="Points of the log-spaced grid [default: 25].")(f)
+    f = click.option("--grid-max", type=float, default=None, help="Largest LR of the grid [default: 10^0.5].")(f)
+    f = click.option("--grid-min", type=float, default=None, help="Smallest LR of the grid [default: 10^-2.5].")(f)
+    return f
+
+
+def probe_options(f):
+    f = click.option("--threads", type=int, default=None,
+                     help="torch threads while probing (default: 1 for stacked MLP probes, else unchanged).")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")(f)
+    f = click.option("--refine/--no-refine", default=True, show_default=True,
+                     help="Coarse-to-fine search (fewer runs, same answer within one grid step).")(f)
+    f = click.option("--init", default="arch-aware", show_default=True, help="arch-aware or default.")(f)
+    f = click.option("--width", type=int, default=None, help="Hidden width of mlp/cnn (default: per dataset).")(f)
+    f = click.option("--max-steps", type=int, default=None, help="Truncate every probe epoch to this many steps.")(f)
+    f = click.option("--batch-size", type=int, default=None, help="Probe batch size (default: per dataset).")(f)
+    f = click.option("--epochs", type=int, default=None, help="Probe epochs (default: per dataset).")(f)
+    f = click.option("--seeds", type=int, default=3, show_default=True, help="Number of seeds (0..N-1).")(f)
+    return f
+
+
+def _grid(grid_min, grid_max, grid_points, grid_list) -> list[float] | None:
+    from ahps_core.lr_search import DEFAULT_GRID, check_grid, log_grid
+
+    if grid_list is not None:
+        if any(v is not None for v in (grid_min, grid_max, grid_points)):
+            raise ConfigError("give either --grid or --grid-min/--grid-max/--grid-points, not both")
+        try:
+            values = [float(t) for t in grid_list.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"--grid {grid_list!r}: expected comma-separated numbers like 0.01,0.1,1") from None
+        return check_grid(values)
+    if all(v is None for v in (grid_min, grid_max, grid_points)):
+        return None
+    lo, hi, n = DEFAULT_GRID
+    return log_grid(lo if grid_min is None else grid_min, hi if grid_max is None else grid_max,
+                    n if grid_points is None else grid_points)
+
+
+def _seeds(n: int) -> list[int]:
+    if n < 1:
+        raise ConfigError(f"--seeds {n}: need at least 1 seed (the protocol uses 3)")
+    return list(range(n))
+
+
+def _budget(dataset: str, epochs, batch_size, max_steps, device):
+    from ahps_core.lr_search import default_budget
+
+    return default_budget(dataset, epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps,
+                          device=device)
+
+
+def _load(dataset: str, data_root: str | None):
+    from ahps_core.data import load_dataset
+
+    return load_dataset(dataset, data_root)
+
+
+def _fmt(v: Any, spec: str = ".4g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("nan" if math.isnan(v) else "-inf")
+    return format(v, spec)
+
+
+def _echo_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2))
+
+
+# --- find-lr -------------------------------------------------------------------------------------------------
+
+
+@click.command("find-lr")
+@family_opt
+@dataset_opt
+@data_root_opt
+@grid_options
+@probe_options
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Save the curve as PNG.")
+@json_opt
+def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size,
+                max_steps, width, init, refine, device, threads, plot_path, as_json) -> None:
+    """Find the base (maximal) learning rate on the family's one-hidden-layer proxy."""
+    from ahps_core.lr_search import check_family, find_base_lr
+
+    check_family(family)
+    grid = _grid(grid_min, grid_max, grid_points, grid_list)
+    seed_list = _seeds(seeds)
+    budget = _budget(dataset, epochs, batch_size, max_steps, device)
+    data = _load(dataset, data_root)
+    result = find_base_lr(family, dataset, data=data, grid=grid, seeds=seed_list, budget=budget, width=width,
+                          init=init, refine=refine, threads=threads)
+    payload = {"family": family, "dataset": dataset, "base_lr": result.best_lr, **result.to_dict()}
+    if plot_path:
+        from ahps_core.plots import plot_lr_curve
+
+        payload["plot"] = str(plot_lr_curve(result, plot_path, title=f"{family} proxy on {dataset}"))
+    if as_json:
+        _echo_json(payload)
+        return
+    click.echo(f"{'lr':>10} {'mean loss':>10}  per seed")
+    for p in result.curve:
+        mark = " <- base LR" if p.lr == result.best_lr else ""
+        click.echo(f"{p.lr:>10.4g} {_fmt(p.mean_loss):>10}  {' '.join(_fmt(v) for v in p.losses)}{mark}")
+    edge = " (at the grid's edge: widen the grid)" if result.at_edge else ""
+    click.echo(f"base LR {result.best_lr:.4g} for {family} on {dataset}{edge}: {result.runs_used} runs of "
+               f"{len(result.grid)}-point grid x {len(result.seeds)} seeds, {result.seconds:.1f}s")
+    if plot_path:
+        click.echo(f"plot: {payload['plot']}")
+
+
+# --- validate ------------------------------------------------------------------------------------------------
+
+
+@click.command("validate")
+@family_opt
+@dataset_opt
+@data_root_opt
+@click.option("--depths", default=None, help="Depth sweep: hidden layers of a plain chain, e.g. 1,2,4.")
+@click.option("--archs", default=None, help="Comma-separated specs of target architectures.")
+@click.option("--sample", type=int, default=None, help="N random specs of the family.")
+@click.option("--seed", "sample_seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--rule", "rules", default="sum-cubed", show_default=True,
+              help="Comma-separated transfer rules: sum-cubed, effective-depth.")
+@click.option("--convention", "conventions", default="reference", show_default=True,
+              help="Comma-separated depth conventions: reference, paper.")
+@click.option("--kernel-size", type=int, default=None, help="cnn kernel side (default 3).")
+@grid_options
+@probe_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="ahps_outputs/validate",
+              show_default=True, help="Results (measurements.jsonl, validate.json, plot); a re-run resumes.")
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@json_opt
+def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed, rules, conventions, kernel_size,
+                 grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size, max_steps, width, init,
+                 refine, device, threads, out_dir, plot, as_json) -> None:
+    """Predicted (transferred) vs measured maximal LRs over a set of target architectures."""
+    from ahps_core.lr_search import check_family
+    from ahps_core.validate import parse_depths, resolve_targets, validate
+
+    check_family(family)
+    targets = resolve_targets(
+        family, depths=parse_depths(depths) if depths is not None else None,
+        archs=archs.split(",") if archs is not None else None, sample=sample, seed=sample_seed,
+    )
+    grid = _grid(grid_min, grid_max, grid_points, grid_list)
+    seed_list = _seeds(seeds)
+    budget = _budget(dataset, epochs, batch_size, max_steps, device)
+    data = _load(dataset, data_root)
+
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    report = validate(
+        family, dataset, targets, rules=[r.strip() for r in rules.split(",") if r.strip()],
+        conventions=[c.strip() for c in conventions.split(",") if c.strip()], data=data, grid=grid,
+        seeds=seed_list, budget=budget, width=width, kernel_size=kernel_size, init=init, refine=refine,
+        threads=threads, out_dir=out_dir, plot=plot, log=None if as_json else log,
+    )
+    if as_json:
+        _echo_json(report)
+        return
+    click.echo(f"base LR {report['base']['lr']:.4g} ({family}:{report['base']['arch']} on {dataset})")
+    click.echo(f"{'rule':<16} {'convention':<10} {'n':>3} {'pearson_log':>11} {'slope':>7}")
+    for c in report["comparisons"]:
+        click.echo(f"{c['rule']:<16} {c['convention']:<10} {c['n']:>3} {_fmt(c['pearson_log'], '.3f'):>11} "
+                   f"{_fmt(c['slope'], '.3f'):>7}")
+    click.echo(f"\n{'arch':<36} {'measured':>9} {'predicted':>9}   ({report['rule']}, {report['convention']})")
+    for p in report["points"]:
+        click.echo(f"{p['arch']:<36} {p['measured_lr']:>9.4g} {p['predicted_lr']:>9.4g}")
+    for s in report["skipped"]:
+        click.echo(f"{s['arch']:<36} skipped: {s['reason']}")
+    click.echo(f"\n{report['seconds']:.1f}s; results in {report['out_dir']}"
+               + (f"; plot {report['plot']}" if report.get("plot") else ""))
+
+
+# --- train ---------------------------------------------------------------------------------------------------
+
+
+@click.command("train")
+@family_opt
+@click.option("--arch", required=True, help="Architecture spec (DAG code, NB201 cell, FAMILY:SPEC).")
+@dataset_opt
+@data_root_opt
+@click.option("--lr", type=float, default=None, help="Fixed learning rate.")
+@click.option("--base-lr", type=float, default=None, help="Base LR of the proxy: autoscale to this architecture.")
+@click.option("--rule", default="sum-cubed", show_default=True, help="Transfer rule of --base-lr.")
+@click.option("--convention", default="reference", show_default=True, help="Depth convention of --base-lr.")
+@click.option("--recipe", default="nb201", show_default=True, help="nb201 or probe (options below override it).")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--momentum", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--warmup-epochs", type=float, default=None)
+@click.option("--schedule", default=None, help="cosine or constant.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--width", type=int, default=None, help="Hidden width (mlp/cnn).")
+@click.option("--C", "C", type=int, default=16, show_default=True, help="nb201 channels of the first stage.")
+@click.option("--N", "N", type=int, default=5, show_default=True, help="nb201 cells per stage.")
+@click.option("--kernel-size", type=int, default=None, help="cnn kernel side.")
+@click.option("--init", default="arch-aware", show_default=True, help="arch-aware or default.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--amp", default="auto", show_default=True, help="auto (bf16 on CUDA), bf16 or off.")
+@click.option("--max-steps", type=int, default=None, help="Truncate every epoch to this many steps.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Checkpoint every epoch here; a re-run with the same options resumes.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@json_opt
+def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, recipe, epochs, batch_size, momentum,
+              weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, device, amp, max_steps,
+              checkpoint_dir, progress, as_json) -> None:
+    """Train one architecture with a recipe, at a fixed or an autoscaled learning rate."""
+    from ahps_core.graph import parse_arch
+    from ahps_core.lr_search import check_family
+    from ahps_core.train import check_lr, recipe_config, train
+
+    check_family(family)
+    if (lr is None) == (base_lr is None):
+        raise ConfigError("give exactly one of --lr (fixed) or --base-lr (autoscaled to the architecture)")
+    transfer = None
+    if base_lr is not None:
+        from ahps_core.scaling import Transferer
+
+        check_lr(base_lr, "base learning rate")
+        graph = parse_arch(arch, family, kernel_size=kernel_size)
+        transfer = Transferer(family, base_lr, rule=rule, convention=convention, kernel_size=kernel_size)(graph)
+        lr = transfer.lr
+    check_lr(lr)
+    config = recipe_config(
+        recipe, family=family, arch=arch, dataset=dataset, data_root=data_root, lr=lr, epochs=epochs,
+        batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        schedule=schedule, seed=seed, width=width, C=C, N=N, kernel_size=kernel_size, init=init, device=device,
+        amp=amp, max_steps_per_epoch=max_steps, checkpoint_dir=checkpoint_dir,
+    )
+    if config.momentum == 0 and config.nesterov:
+        config = config.replace(nesterov=False)
+    config.validated()
+    data = _load(dataset, data_root)
+    if not as_json:
+        src = f" (autoscaled from base LR {base_lr:g}, {rule}/{convention})" if transfer else ""
+        click.echo(f"training {family}:{arch} on {dataset}, lr {lr:.4g}{src}, recipe {recipe}, "
+                   f"{config.epochs} epochs")
+        click.echo(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'eval_loss':>9} {'eval_acc':>8} "
+                   f"{'lr':>9} {'s':>6}")
+
+    def show(rec: dict) -> None:
+        click.echo(f"{rec['epoch']:>5} {_fmt(rec['train_loss']):>10} {_fmt(rec['train_acc'], '.4f'):>9} "
+                   f"{_fmt(rec['eval_loss']):>9} {_fmt(rec['eval_acc'], '.4f'):>8} {rec['lr']:>9.3g} "
+                   f"{rec['seconds']:>6.1f}")
+
+    result = train(config, data=data, progress=progress, callback=None if as_json else show)
+    payload = result.to_dict()
+    if transfer is not None:
+        payload["transfer"] = transfer.to_dict()
+    if as_json:
+        _echo_json(payload)
+        return
+    if result.resumed_from:
+        click.echo(f"(resumed after epoch {result.resumed_from} from {checkpoint_dir})")
+    if result.diverged:
+        click.echo(f"status diverged at epoch {result.diverged_at['epoch']}, step {result.diverged_at['step']} "
+                   "(non-finite loss)")
+    else:
+        f = result.final
+        click.echo(f"status {result.status}: train loss {_fmt(f.get('train_loss'))}, eval acc "
+                   f"{_fmt(f.get('eval_acc'), '.4f')}, {result.images_per_s:.0f} img/s, {result.num_params} params")

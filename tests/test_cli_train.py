@@ -1,0 +1,128 @@
+"""``ahps find-lr``, ``ahps validate``, ``ahps train`` and ``ahps bench train`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pytest
+import torch
+
+from ahps_core.cli import main
+from tests.conftest import ahps_cmd
+
+TINY = ["--epochs", "1", "--max-steps", "8", "--width", "16", "--device", "cpu"]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["find-lr", "--family", "rnn", "--dataset", "digits"], "unknown family 'rnn'"),
+    (["find-lr", "--family", "mlp", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["find-lr", "--family", "mlp", "--dataset", "cifar10", "--data-root", "/no/such/dir"], "/no/such/dir"),
+    (["find-lr", "--family", "mlp", "--dataset", "cifar10"], "needs root"),
+    (["find-lr", "--family", "mlp", "--dataset", "digits", "--grid", ""], "grid is empty"),
+    (["find-lr", "--family", "mlp", "--dataset", "digits", "--grid", "0.1,-2"], "-2.0 must be a finite number > 0"),
+    (["find-lr", "--family", "mlp", "--dataset", "digits", "--grid-min", "0"], "grid minimum 0.0"),
+    (["find-lr", "--family", "mlp", "--dataset", "digits", "--grid", "0.1", "--grid-points", "3"], "either --grid"),
+    (["find-lr", "--family", "mlp", "--dataset", "digits", "--seeds", "0"], "at least 1 seed"),
+    (["validate", "--family", "mlp", "--dataset", "digits"], "exactly one of"),
+    (["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,a"], "comma-separated integers"),
+    (["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,2", "--rule", "cubic"],
+     "unknown rule 'cubic'"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0"], "learning rate 0.0"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "-1"], "learning rate -1.0"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits"], "exactly one of --lr"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--base-lr", "-0.5"],
+     "base learning rate -0.5"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0.1", "--recipe", "adam"],
+     "unknown recipe 'adam'"),
+])
+def test_bad_input_is_one_clear_line(capsys, args, message):
+    code, out, err = run(capsys, *args)
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_bad_input_through_the_real_entry_point():
+    r = subprocess.run(ahps_cmd() + ["find-lr", "--family", "mlp", "--dataset", "cifar10", "--data-root", "/nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and "/nope" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_find_lr_json_and_plot(capsys, tmp_path):
+    png = tmp_path / "curve.png"
+    code, out, _ = run(capsys, "find-lr", "--family", "mlp", "--dataset", "digits", "--grid-min", "0.01",
+                       "--grid-max", "3", "--grid-points", "7", "--seeds", "2", "--no-refine", "--plot", str(png),
+                       "--json", *TINY)
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["base_lr"] in rec["grid"] and len(rec["grid"]) == 7 and len(rec["curve"]) == 7
+    assert all(len(p["losses"]) == 2 for p in rec["curve"]) and rec["runs_used"] == 14
+    assert png.stat().st_size > 1000 and rec["plot"] == str(png)
+
+
+def test_find_lr_table(capsys):
+    code, out, _ = run(capsys, "find-lr", "--family", "mlp", "--dataset", "digits", "--grid", "0.05,0.2,0.8",
+                       "--seeds", "1", *TINY)
+    assert code == 0 and "<- base LR" in out and out.strip().splitlines()[-1].startswith("base LR ")
+
+
+def test_validate_json(capsys, tmp_path):
+    code, out, _ = run(capsys, "validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,2,3",
+                       "--grid-min", "0.01", "--grid-max", "3", "--grid-points", "7", "--seeds", "1", "--no-refine",
+                       "--rule", "sum-cubed,effective-depth", "--out", str(tmp_path), "--json", *TINY)
+    assert code == 0
+    rep = json.loads(out)
+    assert {"pearson_log", "slope", "points"} <= set(rep) and len(rep["points"]) == 3
+    assert len(rep["comparisons"]) == 2 and rep["plot"] and (tmp_path / "measurements.jsonl").exists()
+
+
+def test_train_json_autoscaled_and_resume(capsys, tmp_path):
+    args = ["train", "--family", "mlp", "--arch", "2_02", "--dataset", "digits", "--base-lr", "0.5",
+            "--epochs", "2", "--max-steps", "4", "--width", "16", "--device", "cpu",
+            "--checkpoint-dir", str(tmp_path), "--json"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["status"] == "completed" and len(rec["history"]) == 2
+    assert rec["config"]["lr"] == pytest.approx(0.5 * math.sqrt(27 / 125)) == rec["transfer"]["lr"]
+    assert rec["config"]["momentum"] == 0.9 and rec["config"]["nesterov"] is True  # the nb201 recipe
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and json.loads(out)["history"] == rec["history"]
+
+
+def test_train_table(capsys):
+    code, out, _ = run(capsys, "train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0.1",
+                       "--recipe", "probe", "--epochs", "2", "--max-steps", "3", "--width", "16", "--device", "cpu")
+    assert code == 0 and "status completed" in out and len(out.strip().splitlines()) == 5
+
+
+def test_bench_train_naive_dataset_and_smoke(capsys, tmp_path):
+    from ahps_core.bench.train_bench import CIFAR10_MEAN, CIFAR10_STD, NaiveAugmentDataset, synthetic_cifar
+
+    data = synthetic_cifar(8)
+    ds = NaiveAugmentDataset(data.train.images, data.train.labels, data.mean, data.std)
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and int(y) == int(data.train.labels[0])
+    # pixel values are exactly a normalized crop of the zero-padded (optionally flipped) image
+    lo = (0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)
+    hi = (1 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)
+    assert ((x >= lo.view(3, 1, 1) - 1e-6) & (x <= hi.view(3, 1, 1) + 1e-6)).all()
+
+    out_json = tmp_path / "bench.json"
+    code, out, _ = run(capsys, "bench", "train", "--arch", "mean", "--batch-size", "4", "--steps", "1",
+                       "--warmup", "0", "--repeats", "1", "--device", "cpu", "--out", str(out_json))
+    assert code == 0 and "ratio" in out
+    rec = json.loads(out_json.read_text())
+    row = rec["rows"][0]
+    assert row["name"] == "mean" and row["naive_images_per_s"] > 0 and row["ours_images_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["ours_images_per_s"] / row["naive_images_per_s"])

@@ -1,0 +1,104 @@
+"""``validate``: targets, statistics, skipped targets, several rules from one measurement, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ahps_core.data import load_dataset
+from ahps_core.errors import ConfigError
+from ahps_core.graph import parse_arch
+from ahps_core.lr_search import ProbeBudget, log_grid
+from ahps_core.paths import raw_moments
+from ahps_core.validate import depth_chain, fit_log, parse_depths, resolve_targets, sample_archs, validate
+
+TINY = ProbeBudget(epochs=2, batch_size=32, max_steps_per_epoch=12, device="cpu")
+GRID = log_grid(0.01, 3.0, 9)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_depth_chain():
+    assert [depth_chain(h) for h in (1, 2, 3, 4)] == ["1", "2", "2_02", "2_02_002"]
+    for h in range(1, 9):
+        g = parse_arch(depth_chain(h), "mlp")
+        m = raw_moments(g)
+        assert m.n == 1 and m.kmax == m.kmin == h - 1  # weight edges on the one path (stem not counted)
+    with pytest.raises(ConfigError, match="depth 0"):
+        depth_chain(0)
+    assert parse_depths("1,2, 4") == [1, 2, 4]
+    with pytest.raises(ConfigError, match="comma-separated integers"):
+        parse_depths("1,x")
+
+
+def test_sample_archs_is_reproducible_and_valid():
+    a = sample_archs("mlp", 12, seed=4)
+    assert a == sample_archs("mlp", 12, seed=4) and len(set(a)) == 12 and a != sample_archs("mlp", 12, seed=5)
+    for spec in a:
+        parse_arch(spec, "mlp")
+    for spec in sample_archs("nb201", 5, seed=1):
+        parse_arch(spec, "nb201")
+    assert resolve_targets("mlp", depths=[1, 2, 2]) == ["1", "2"]
+    with pytest.raises(ConfigError, match="exactly one"):
+        resolve_targets("mlp", depths=[1], sample=3)
+    with pytest.raises(ConfigError, match="nb201"):
+        resolve_targets("nb201", depths=[1, 2])
+
+
+def test_fit_log():
+    pred = [1.0, 0.5, 0.25, 0.125]
+    fit = fit_log(pred, [2 * p ** 1.5 for p in pred])
+    assert fit["pearson_log"] == pytest.approx(1.0) and fit["slope"] == pytest.approx(1.5)
+    assert fit["intercept"] == pytest.approx(math.log(2))
+    assert fit_log([1.0], [1.0])["pearson_log"] is None
+    assert fit_log([1.0, 0.5], [0.3, 0.3])["pearson_log"] is None  # constant measurement: r undefined
+
+
+def test_validate_tiny_budget_records_skips_and_resumes(tmp_path, digits):
+    targets = ["1", "2", "2_02", "0_00", "2_02_002"]  # 0_00: no input->output path
+    kw = dict(data=digits, grid=GRID, seeds=[0], budget=TINY, width=32, refine=False, out_dir=tmp_path,
+              rules=["sum-cubed", "effective-depth"], conventions=["reference", "paper"])
+    rep = validate("mlp", "digits", targets, **kw)
+    assert rep["rule"] == "sum-cubed" and rep["convention"] == "reference"
+    assert isinstance(rep["pearson_log"], float) and isinstance(rep["slope"], float)
+    assert [p["arch"] for p in rep["points"]] == ["1", "2", "2_02", "2_02_002"]
+    for p in rep["points"]:
+        assert p["measured_lr"] in GRID and p["predicted_lr"] > 0
+    assert rep["points"][0]["predicted_lr"] == rep["base"]["lr"] == rep["points"][0]["measured_lr"]
+    assert [s["arch"] for s in rep["skipped"]] == ["0_00"]
+    assert "no input->output path" in rep["skipped"][0]["reason"]
+    # four comparisons from one measurement per target (the proxy "1" is measured once, reused as a target)
+    assert [(c["rule"], c["convention"]) for c in rep["comparisons"]] == [
+        ("sum-cubed", "reference"), ("sum-cubed", "paper"), ("effective-depth", "reference"),
+        ("effective-depth", "paper")]
+    assert rep["runs_used"] == 4 * len(GRID)
+    for c in rep["comparisons"]:
+        assert [p["measured_lr"] for p in c["points"]] == [p["measured_lr"] for p in rep["points"]]
+    assert (tmp_path / "pred_vs_measured.png").stat().st_size > 1000 and rep["plot"].endswith(".png")
+    lines = (tmp_path / "measurements.jsonl").read_text().splitlines()
+    assert len(lines) == 5  # base + 3 trained targets + the skipped one
+    json.loads((tmp_path / "validate.json").read_text())
+    json.dumps(rep, allow_nan=False)
+
+    # an interrupted run loses nothing: a re-run with the same output dir measures only what is missing
+    with open(tmp_path / "measurements.jsonl", "a") as fh:
+        fh.write('{"key": "torn')  # a line torn by the interruption is ignored
+    again = validate("mlp", "digits", targets + ["2_02_002_0002"], **kw)
+    assert again["runs_used"] == len(GRID) and again["resumed"] == 6
+    assert [p["measured_lr"] for p in again["points"][:4]] == [p["measured_lr"] for p in rep["points"]]
+
+
+def test_validate_bad_inputs(digits):
+    with pytest.raises(ConfigError, match="unknown rule 'cubic'"):
+        validate("mlp", "digits", ["1"], data=digits, rules=["cubic"])
+    with pytest.raises(ConfigError, match="unknown convention"):
+        validate("mlp", "digits", ["1"], data=digits, conventions=["mine"])
+    with pytest.raises(ConfigError, match="unknown family"):
+        validate("transformer", "digits", ["1"], data=digits)
+    with pytest.raises(ConfigError, match="no target"):
+        validate("mlp", "digits", [], data=digits)
