@@ -1,0 +1,140 @@
+"""``ahps compile``: the IR YAML of the transfer pipeline -- DAG, ParallelFor, GPU requests, retry policy,
+kfp-kubernetes settings from parameters (tolerations, node selector, secrets as env vars, the dataset cache
+volume), the image, and no credential value anywhere. (That the YAML loads back and re-runs locally is tested in
+test_tracking.py, against a real MLflow server.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, ahps_cmd
+
+FAKE_CREDS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEKEYID0000001",
+    "AWS_SECRET_ACCESS_KEY": "fake-secret-access-key-do-not-leak",
+    "MLFLOW_TRACKING_USERNAME": "fake-mlflow-user-xyz",
+    "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-password-do-not-leak",
+    "MLFLOW_TRACKING_TOKEN": "fake-mlflow-token-do-not-leak",
+}
+
+
+def compile_yaml(tmp_path, *args: str, env: dict | None = None, name: str = "t.yaml"):
+    out = tmp_path / name
+    r = subprocess.run([*ahps_cmd(), "compile", "transfer", "-o", str(out), *args], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), **FAKE_CREDS, **(env or {})}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    return text, list(yaml.safe_load_all(text)), r
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compile_yaml(tmp_path_factory.mktemp("compile"))
+
+
+def test_dag_and_parallel_for(compiled):
+    _, (spec, _), r = compiled
+    assert "wrote" in r.stdout and spec["pipelineInfo"]["name"] == "ahps-transfer"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"find-base-lr", "transfer", "for-loop-1", "compare"}
+    assert tasks["transfer"]["dependentTasks"] == ["find-base-lr"]
+    assert tasks["for-loop-1"]["dependentTasks"] == ["transfer"]
+    assert "for-loop-1" in tasks["compare"]["dependentTasks"]
+    loop = tasks["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--transfer-Output"
+    assert "parallelismLimit" not in loop.get("iteratorPolicy", {})  # unlimited on a cluster by default
+    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert set(inner) == {"train"}
+    # fan-in: compare collects every train output of the loop
+    results = tasks["compare"]["inputs"]["parameters"]["results"]["taskOutputParameter"]
+    assert results == {"outputParameterKey": "pipelinechannel--train-Output", "producerTask": "for-loop-1"}
+    assert spec["root"]["outputDefinitions"]["artifacts"]["Output"]
+    # every pipeline parameter is declared, with the local defaults
+    from pipelines.transfer import PARAMS
+
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == set(PARAMS)
+    assert inputs["family"]["defaultValue"] == "mlp" and inputs["dataset"]["defaultValue"] == "digits"
+    assert inputs["targets"]["parameterType"] == "LIST" and inputs["gpu_node_selector"]["parameterType"] == "STRUCT"
+
+
+def test_gpu_requests_and_retries(compiled):
+    _, (spec, _), _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-train", "exec-find-base-lr"):
+        acc = executors[name]["container"]["resources"]["accelerator"]
+        assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
+    for name in ("exec-transfer", "exec-compare"):
+        assert "resources" not in executors[name]["container"]
+    policy = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["retryPolicy"]
+    assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
+    assert spec["root"]["dag"]["tasks"]["find-base-lr"]["retryPolicy"]["maxRetryCount"] == 3
+    for name, ex in executors.items():
+        assert ex["container"]["image"] == "ghcr.io/ahps-project/ahps:0.1.0", name
+        assert "pip install" not in " ".join(ex["container"]["command"]), name  # install_kfp_package=False
+    env = {e["name"]: e["value"] for e in executors["exec-train"]["container"].get("env", [])}
+    assert env["AHPS_DATA_CACHE"] == "/var/cache/ahps/data"
+
+
+def test_kubernetes_settings_from_parameters(compiled):
+    _, (_, platform), _ = compiled
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train = k8s["exec-train"]
+    assert train["tolerations"] == [{"tolerationJson": {"componentInputParameter": "pipelinechannel--gpu_tolerations"}}]
+    assert train["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}}
+    assert train["emptyDirMounts"] == [{"mountPath": "/var/cache/ahps/data", "volumeName": "ahps-data-cache"}]
+    secrets = {s["secretNameParameter"]["componentInputParameter"]: s for s in train["secretAsEnv"]}
+    s3 = secrets["pipelinechannel--s3_secret"]
+    assert s3["optional"] is True
+    assert {k["envVar"] for k in s3["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    ml = secrets["pipelinechannel--mlflow_secret"]
+    assert ml["optional"] is True
+    assert {k["envVar"] for k in ml["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert k8s["exec-find-base-lr"]["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_tolerations"
+    for name in ("exec-transfer", "exec-compare"):  # they talk to MLflow: credentials yes, GPU placement no
+        assert len(k8s[name]["secretAsEnv"]) == 2 and "tolerations" not in k8s[name]
+
+
+def test_no_credential_value_in_yaml(compiled):
+    text, (spec, _), _ = compiled
+    for value in FAKE_CREDS.values():
+        assert value not in text
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert not [n for n in inputs if any(w in n.lower() for w in ("password", "secret_key", "token", "access_key"))]
+    assert inputs["s3_secret"]["defaultValue"] == "ahps-s3" and inputs["mlflow_secret"]["defaultValue"] == "ahps-mlflow"
+
+
+def test_compile_options(tmp_path):
+    _, (spec, platform), r = compile_yaml(
+        tmp_path, "--image", "registry.example.com/ahps:9.9", "--accelerator", "", "--dataset-pvc", "ahps-data",
+        "--cache-dir", "/data/cache", "--parallelism", "4", "--retries", "0", "-p", "epochs=7",
+        "-p", 'targets=["2_02","2_22"]',
+    )
+    executors = spec["deploymentSpec"]["executors"]
+    assert {ex["container"]["image"] for ex in executors.values()} == {"registry.example.com/ahps:9.9"}
+    assert "resources" not in executors["exec-train"]["container"]
+    assert spec["root"]["dag"]["tasks"]["for-loop-1"]["iteratorPolicy"]["parallelismLimit"] == 4
+    assert "retryPolicy" not in spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert train["pvcMount"][0]["mountPath"] == "/data/cache"
+    assert "ahps-data" in str(train["pvcMount"][0]) and "emptyDirMounts" not in train
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["epochs"]["defaultValue"] == 7 and inputs["targets"]["defaultValue"] == ["2_02", "2_22"]
+
+
+def test_image_from_environment(tmp_path):
+    _, (spec, _), _ = compile_yaml(tmp_path, env={"AHPS_IMAGE": "example.org/ahps:env"})
+    assert {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()} == {"example.org/ahps:env"}
+
+
+def test_bad_compile_parameter_is_one_line(tmp_path):
+    r = subprocess.run([*ahps_cmd(), "compile", "transfer", "-o", str(tmp_path / "x.yaml"), "-p", "family=resnet"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: unknown family 'resnet': accepted are mlp, cnn, nb201"]
+    assert not (tmp_path / "x.yaml").exists()

@@ -1,0 +1,150 @@
+"""``ahps submit`` / ``ahps schedule`` against a small local HTTP server speaking the KFP v2beta1 REST endpoints
+they call (tests/fake_kfp.py), through the real ``kfp.Client``; cron handling; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from ahps_core.cli import main
+from ahps_core.cli.pipeline_cmds import kfp_cron
+from ahps_core.errors import ConfigError
+from tests.conftest import REPO, ahps_cmd
+from tests.fake_kfp import FakeKFP
+
+TRACKING = "tracking_uri=http://ahps-mlflow.ml.svc.cluster.local:5000"
+
+
+@pytest.fixture()
+def kfp_server():
+    with FakeKFP() as server:
+        yield server
+
+
+def ahps(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*ahps_cmd(), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_submit_creates_a_run_with_the_compiled_spec(kfp_server, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-send-this-secret")
+    code = main(["submit", "transfer", "--host", kfp_server.url, "--experiment", "ahps-test", "-p", TRACKING,
+                 "-p", 'targets=["2_02","2_22"]', "-p", "epochs=3", "--run-name", "nightly"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert len(kfp_server.runs) == 1 and len(kfp_server.experiments) == 1
+    run = kfp_server.runs[0]
+    assert run["display_name"] == "nightly" and run["experiment_id"] == kfp_server.experiments[0]["experiment_id"]
+    assert kfp_server.experiments[0]["display_name"] == "ahps-test"
+    assert run["runtime_config"]["parameters"] == {"tracking_uri": TRACKING.split("=", 1)[1],
+                                                   "targets": ["2_02", "2_22"], "epochs": 3}
+    spec = run["pipeline_spec"]  # kfp sends the multi-document YAML as {pipeline_spec, platform_spec}
+    assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "ahps-transfer"
+    assert "exec-train" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert run["run_id"] in out and "submitted run" in out
+    assert "do-not-send-this-secret" not in json.dumps(kfp_server.requests, default=str)
+    assert [r["path"] for r in kfp_server.calls("POST")] == ["/apis/v2beta1/experiments", "/apis/v2beta1/runs"]
+
+
+def test_schedule_is_idempotent_by_name_and_converts_cron(kfp_server, capsys):
+    args = ["schedule", "transfer", "--host", kfp_server.url, "--cron", "0 3 * * 0", "--name", "weekly",
+            "--experiment", "ahps-sched", "-p", TRACKING]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "created recurring run 'weekly'" in first
+    assert len(kfp_server.recurring_runs) == 1
+    rr = kfp_server.recurring_runs[0]
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 0"
+    assert rr["display_name"] == "weekly" and rr["mode"] == "ENABLE" and rr["no_catchup"] is True
+    assert rr["runtime_config"]["parameters"] == {"tracking_uri": TRACKING.split("=", 1)[1]}
+    ref = rr["pipeline_version_reference"]
+    assert ref["pipeline_id"] == kfp_server.pipelines[0]["pipeline_id"]
+    assert any(v["pipeline_version_id"] == ref["pipeline_version_id"] for v in kfp_server.versions)
+    assert kfp_server.calls("POST", "/pipelines/upload")[0]["files"]["uploadfile"].startswith(b"#")
+    # the recurring-run lookup uses the REST list with a name filter, in the experiment
+    lookup = kfp_server.calls("GET", "/recurringruns")[0]["query"]
+    assert json.loads(lookup["filter"])["predicates"][0]["stringValue"] == "weekly"
+    assert lookup["experiment_id"] == kfp_server.experiments[0]["experiment_id"]
+
+    assert main(args) == 0  # again: no duplicate, experiment reused
+    again = capsys.readouterr().out
+    assert "already exists" in again and "not created again" in again
+    assert len(kfp_server.recurring_runs) == 1 and len(kfp_server.experiments) == 1
+    uploads = len(kfp_server.versions)
+
+    assert main([*args[:5], "0 4 * * 1", *args[6:], "--replace"]) == 0
+    assert "replaced recurring run 'weekly'" in capsys.readouterr().out
+    assert len(kfp_server.recurring_runs) == 1
+    assert kfp_server.recurring_runs[0]["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * 1"
+    assert len(kfp_server.pipelines) == 1 and len(kfp_server.versions) == uploads  # same package: version reused
+    assert len(kfp_server.calls("DELETE", "/recurringruns/")) == 1
+
+
+def test_token_file_is_sent(tmp_path, capsys, monkeypatch):
+    token = tmp_path / "token"
+    token.write_text("s3cr3t-token\n")
+    with FakeKFP(token="s3cr3t-token") as server:
+        monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+        assert main(["submit", "--host", server.url, "-p", TRACKING]) == 0
+        auth = [{k.lower(): v for k, v in r["headers"].items()}.get("authorization") for r in server.requests]
+        assert auth and set(auth) == {"Bearer s3cr3t-token"}
+        monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH")
+        r = ahps("submit", "--host", server.url, "-p", TRACKING, env={"KF_PIPELINES_SA_TOKEN_PATH": ""})
+        assert "refused the request (HTTP 401)" in one_line_error(r)
+    capsys.readouterr()
+
+
+def test_unreachable_host_is_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = ahps("submit", "--host", f"http://127.0.0.1:{port}", "-p", TRACKING)
+    line = one_line_error(r)
+    assert f"KFP host http://127.0.0.1:{port} cannot be reached" in line
+
+
+def test_bad_parameters_are_one_line(kfp_server):
+    line = one_line_error(ahps("submit", "--host", kfp_server.url, "-p", TRACKING, "-p", "epoch=3"))
+    assert "unknown parameter epoch" in line and "accepted are family, dataset" in line
+    line = one_line_error(ahps("submit", "--host", kfp_server.url))
+    assert "tracking_uri is empty" in line
+    line = one_line_error(ahps("schedule", "--host", kfp_server.url, "--cron", "0 25 * * *", "-p", TRACKING))
+    assert "hour field '25' is out of range 0-23" in line
+    assert not kfp_server.runs and not kfp_server.recurring_runs
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("0 3 * * 0", "0 0 3 * * 0"),
+    ("*/15 * * * *", "0 */15 * * * *"),
+    ("30 0 9 ? * MON-FRI", "30 0 9 ? * MON-FRI"),
+    ("0 3 1,15 JAN-MAR *", "0 0 3 1,15 JAN-MAR *"),
+    ("@daily", "@daily"),
+])
+def test_cron_conversion(expr, expected):
+    assert kfp_cron(expr) == expected
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("0 3 * *", "has 4 field(s): expected 5"),
+    ("61 3 * * 0", "minute field '61' is out of range 0-59"),
+    ("0 3 * 13 0", "month field '13' is out of range 1-12"),
+    ("0 3 * * FUNDAY", "day of week field 'FUNDAY' is not valid"),
+    ("0 3 * * 5-1", "decreasing range"),
+    ("0 3 */0 * *", "bad step"),
+    ("", "has 0 field(s)"),
+])
+def test_bad_cron(expr, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        kfp_cron(expr)
