@@ -18,9 +18,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from ahps_core.resources import NATS_TSS_FIXTURE
+
 from nats_bench.api_utils import pickle_load
 
-FIXTURE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "nats-tss-v1_0-3ffb9-simple"
+#: The package ships a byte-identical copy of shared/fixtures/nats-tss-v1_0-3ffb9-simple (checked by
+#: tests/test_benchmarks.py when shared/ is beside the repository), so the tests need no shared/ checkout.
+FIXTURE_DIR = NATS_TSS_FIXTURE
+SHARED_FIXTURE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "nats-tss-v1_0-3ffb9-simple"
 FIXTURE_INDICES = (0, 11, 284)
 
 

@@ -262,3 +262,17 @@ def test_bad_queries(simple):
         simple.query("|bogus~0|", "cifar10")
     with pytest.raises(BenchmarkError, match="accepted are"):
         open_benchmark(42)
+
+
+def test_packaged_fixture_is_the_shared_one():
+    import hashlib
+
+    from nb201_fixture import FIXTURE_DIR, SHARED_FIXTURE_DIR
+
+    if not SHARED_FIXTURE_DIR.is_dir():
+        pytest.skip("shared/ is not beside the repository")
+    names = sorted(p.name for p in SHARED_FIXTURE_DIR.iterdir())
+    assert names == sorted(p.name for p in FIXTURE_DIR.iterdir() if not p.name.startswith("__"))
+    for name in names:
+        a = hashlib.sha256((SHARED_FIXTURE_DIR / name).read_bytes()).hexdigest()
+        assert a == hashlib.sha256((FIXTURE_DIR / name).read_bytes()).hexdigest(), name
