@@ -121,3 +121,14 @@ def test_cheap_commands_import_no_heavy_framework():
     )
     r = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_bench_paths_reports_ratios_and_the_big_dag():
+    r = ahps("bench", "paths", "--max-enum-seconds", "0.05", "--big-nodes", "300", "--repeat", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    rows = out["growing"]
+    assert len(rows) >= 3 and [row["nodes"] for row in rows] == sorted(row["nodes"] for row in rows)
+    assert all(row["paths"] > 0 and row["dp_s"] > 0 and row["speedup"] == row["enum_s"] / row["dp_s"] for row in rows)
+    assert rows[-1]["paths"] > rows[0]["paths"]  # exponential growth with size
+    assert out["big"]["nodes"] == 300 and out["big"]["moments_s"] > 0

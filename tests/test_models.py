@@ -236,3 +236,12 @@ def test_options_that_do_not_apply_are_config_errors():
         build_model(graph, num_classes=2, in_shape=(4,))
     with pytest.raises(ConfigError, match="unknown model family 'rnn'"):
         build_proxy("rnn", num_classes=2, in_shape=(4,))
+
+
+def test_proxy_is_the_transfer_rules_base():
+    from ahps_core.models import PROXY_SPECS, proxy_graph
+    from ahps_core.scaling import default_base
+
+    for family, spec in PROXY_SPECS.items():
+        g = proxy_graph(family)
+        assert g.spec == spec and g.edges == default_base(family).edges

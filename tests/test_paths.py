@@ -39,7 +39,7 @@ def brute_paths(graph):
 def test_dp_matches_enumeration_on_random_dags():
     rng = random.Random(1234)
     checked = with_paths = 0
-    for trial in range(400):
+    for _ in range(400):
         spec = random_dag(rng, rng.randint(2, 7), p_edge=rng.choice((0.3, 0.5, 0.8)))
         g = parse_arch(spec)
         paths = brute_paths(g)

@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from ahps_core.errors import ConfigError
-from ahps_core.graph import ArchGraph, Op, parse_arch
+from ahps_core.graph import ArchGraph, Op
 from ahps_core.models.dag import DagNet
 from ahps_core.models.nb201 import TinyNetwork
 from ahps_core.paths import raw_moments
+from ahps_core.scaling import default_base
 
 MODEL_FAMILIES = ("mlp", "cnn", "nb201")
 DEFAULT_WIDTH = {"mlp": 256, "cnn": 64}
@@ -86,10 +87,11 @@ def build_model(
 
 
 def proxy_graph(family: str, *, kernel_size: int | None = None) -> ArchGraph:
-    """The graph of ``family``'s proxy network (:data:`PROXY_SPECS`)."""
+    """The graph of ``family``'s proxy network: :func:`ahps_core.scaling.default_base`, the base the transfer
+    rules measure every target against (its spec is :data:`PROXY_SPECS`)."""
     if family not in MODEL_FAMILIES:
         raise ConfigError(f"unknown model family {family!r}: accepted are {', '.join(MODEL_FAMILIES)}")
-    return parse_arch(PROXY_SPECS[family], family, kernel_size=kernel_size if family == "cnn" else None)
+    return default_base(family, base_kernel_size=kernel_size if family == "cnn" else None)
 
 
 def build_proxy(
