@@ -56,13 +56,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ahps_core.errors import ConfigError, DataError
+from ahps_core.scaling import DEGREE_RULES
 
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
 INITS = ("arch-aware", "default")
-DEGREES = ("source", "destination")
+DEGREES = DEGREE_RULES
 FAMILIES = ("mlp", "cnn", "nb201")
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -233,6 +233,8 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
 @click.option("--N", "N", type=int, default=5, show_default=True, help="nb201 cells per stage.")
 @click.option("--kernel-size", type=int, default=None, help="cnn kernel side.")
 @click.option("--init", default="arch-aware", show_default=True, help="arch-aware or default.")
+@click.option("--degree", default="source", show_default=True,
+              help="In-degree rule of arch-aware init: source, destination or mean-field.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--amp", default="auto", show_default=True, help="auto (bf16 on CUDA), bf16 or off.")
 @click.option("--max-steps", type=int, default=None, help="Truncate every epoch to this many steps.")
@@ -241,8 +243,8 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @json_opt
 def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, recipe, epochs, batch_size, momentum,
-              weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, device, amp, max_steps,
-              checkpoint_dir, progress, as_json) -> None:
+              weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, degree, device, amp,
+              max_steps, checkpoint_dir, progress, as_json) -> None:
     """Train one architecture with a recipe, at a fixed or an autoscaled learning rate."""
     from ahps_core.graph import parse_arch
     from ahps_core.lr_search import check_family
@@ -263,7 +265,8 @@ def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, r
     config = recipe_config(
         recipe, family=family, arch=arch, dataset=dataset, data_root=data_root, lr=lr, epochs=epochs,
         batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-        schedule=schedule, seed=seed, width=width, C=C, N=N, kernel_size=kernel_size, init=init, device=device,
+        schedule=schedule, seed=seed, width=width, C=C, N=N, kernel_size=kernel_size, init=init, degree=degree,
+        device=device,
         amp=amp, max_steps_per_epoch=max_steps, checkpoint_dir=checkpoint_dir,
     )
     if config.momentum == 0 and config.nesterov:
