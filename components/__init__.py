@@ -4,7 +4,8 @@
 
     from components import make_components
     c = make_components("registry.example.com/ahps:0.1.0")   # default: $AHPS_IMAGE or DEFAULT_IMAGE
-    c.find_base_lr, c.transfer, c.train, c.compare
+    c.find_base_lr, c.transfer, c.train, c.compare                              # transfer
+    c.sample_cells, c.reeval_base_lr, c.reeval_plan, c.reeval_train, c.rank     # reevaluate
 
 Every component is a lightweight Python component with ``install_kfp_package=False`` (the image ships kfp,
 ahps and its pins), so a task starts in ~60 ms on kfp's local SubprocessRunner.
@@ -18,7 +19,8 @@ from types import SimpleNamespace
 
 DEFAULT_IMAGE = "ghcr.io/ahps-project/ahps:0.1.0"
 IMAGE_ENV = "AHPS_IMAGE"
-COMPONENT_NAMES = ("find_base_lr", "transfer", "train", "compare")
+COMPONENT_NAMES = ("find_base_lr", "transfer", "train", "compare",  # the transfer pipeline
+                   "sample_cells", "reeval_base_lr", "reeval_plan", "reeval_train", "rank")  # reevaluate
 
 
 def default_image() -> str:
@@ -37,7 +39,7 @@ def _make(image: str) -> SimpleNamespace:
 
 
 def make_components(base_image: str | None = None) -> SimpleNamespace:
-    """The components (attributes ``find_base_lr``, ``transfer``, ``train``, ``compare``) on ``base_image``."""
+    """The components (attributes named by :data:`COMPONENT_NAMES`) on ``base_image``."""
     return _make((base_image or "").strip() or default_image())
 
 

@@ -3,17 +3,19 @@
 A pipeline module (e.g. :mod:`pipelines.transfer`) provides:
 
 * ``NAME``, ``DESCRIPTION``;
-* ``PARAMS``: ``{name: Param(default, help)}`` -- the pipeline's parameters, their defaults (the defaults are the
-  local CPU run's, e.g. scikit-learn digits) and one-line help; the pipeline function's signature uses them;
+* ``PARAMS``: ``{name: Param(default, help)}`` -- the pipeline's parameters, their defaults and one-line help; the
+  pipeline function's signature uses them. ``transfer``'s defaults are the local CPU run's (scikit-learn digits);
+  ``reevaluate``'s are the cluster's (NB201's network and budget), :func:`local_defaults` shrinks them for ``ahps run``;
 * ``build(**options) -> pipeline`` (a ``@dsl.pipeline`` graph component). Compile-time options (base image,
   accelerator type and count, dataset PVC, cache dir, parallelism, retries) are arguments of ``build``;
 * ``validate(params, *, local) -> params``: checks values (``ConfigError`` naming the bad value and what is
   accepted) after :func:`coerce_params` has converted them to the defaults' types;
-* ``local_defaults(workdir) -> dict``: extra parameter values for ``ahps run`` (tracking URI, checkpoint dir);
+* ``local_defaults(workdir) -> dict``: extra parameter values for ``ahps run`` (checkpoint dir, local data...);
 * ``format_summary(summary) -> str``: the report ``ahps run`` prints from the pipeline's summary output.
 
 Modules are imported lazily (kfp is not imported until a pipeline is used). Add a pipeline by adding a module
-and a :class:`PipelineDef` to :data:`PIPELINES` (``reevaluate`` is the next one).
+and a :class:`PipelineDef` to :data:`PIPELINES`. Cluster settings shared by the pipelines (secrets, GPU placement,
+cache volume, retries, their parameters and checks) live in :mod:`pipelines._cluster`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ PIPELINES: dict[str, PipelineDef] = {
     "transfer": PipelineDef(
         "transfer", "pipelines.transfer",
         "find the base LR on the proxy -> transfer it to every target -> train autoscaled and fixed -> compare",
+    ),
+    "reevaluate": PipelineDef(
+        "reevaluate", "pipelines.reevaluate",
+        "sample NB201 cells -> transfer the base LR -> train each with the NB201 recipe at its own LR and init -> "
+        "rank against the benchmark records",
     ),
 }
 

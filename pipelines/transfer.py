@@ -20,12 +20,22 @@ Credential *values* are never parameters: only secret names are.
 """
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from ahps_core.errors import ConfigError
 from pipelines import Param
+from pipelines._cluster import (  # noqa: F401 - re-exported: the constants were defined here first
+    DEFAULT_ACCELERATOR,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_TOLERATIONS,
+    MLFLOW_SECRET_KEYS,
+    S3_SECRET_KEYS,
+    TaskSettings,
+    check_build_options,
+    cluster_params,
+    validate_cluster_params,
+)
 
 NAME = "transfer"
 PIPELINE_NAME = "ahps-transfer"
@@ -35,11 +45,6 @@ DESCRIPTION = ("Architecture-aware LR transfer: base LR once on a one-hidden-lay
 #: Default targets: mlp DAGs (reference DAG codes) of different depths and topologies: a 2-layer chain, two
 #: parallel paths, a 3-layer chain, a 3-layer cell with skips, and a dense 4-layer DAG (8 paths).
 DEFAULT_TARGETS = ["2_02", "2_22", "2_02_002", "2_12_122", "2_22_222_2222"]
-DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-DEFAULT_ACCELERATOR = "nvidia.com/gpu"
-DEFAULT_CACHE_DIR = "/var/cache/ahps/data"
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 PARAMS: dict[str, Param] = {
     "family": Param("mlp", "architecture family: mlp, cnn or nb201"),
@@ -59,17 +64,7 @@ PARAMS: dict[str, Param] = {
     "width": Param(0, "hidden width of mlp/cnn networks (probe and targets); 0: the dataset's default"),
     "max_steps_per_epoch": Param(0, "truncate every training epoch to this many steps; 0: full epochs"),
     "device": Param("auto", "training device: auto, cpu or cuda"),
-    "tracking_uri": Param("", "MLflow tracking URI; empty: the task's $MLFLOW_TRACKING_URI"),
-    "mlflow_experiment": Param("ahps", "MLflow experiment name"),
-    "run_group": Param("", "run-group key (re-running a key reuses its finished runs); empty: the KFP run id"),
-    "checkpoint_root": Param("", "checkpoint root, a directory or s3://bucket/prefix (resume after preemption); "
-                                 "empty: checkpoints only in the task's model artifact"),
-    "s3_endpoint": Param("", "S3 endpoint URL for data/checkpoints (MinIO etc.); empty: AWS or $AWS_ENDPOINT_URL_S3"),
-    "s3_secret": Param("ahps-s3", "Kubernetes secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (optional)"),
-    "mlflow_secret": Param("ahps-mlflow",
-                           "Kubernetes secret with MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (optional)"),
-    "gpu_tolerations": Param(DEFAULT_TOLERATIONS, "tolerations of the training pods (list of Kubernetes tolerations)"),
-    "gpu_node_selector": Param({}, "node selector of the training pods, e.g. {\"nvidia.com/gpu.present\": \"true\"}"),
+    **cluster_params(experiment="ahps"),
 }
 
 D = {k: p.default for k, p in PARAMS.items()}
@@ -94,38 +89,15 @@ def build(
     and no ``AHPS_DATA_CACHE``); ``parallelism``: concurrent trainings (0: unlimited); ``retries``: retries of the
     training steps after a failure/preemption (0: none) with ``backoff`` doubling by ``backoff_factor``.
     """
-    from kfp import dsl, kubernetes
+    from kfp import dsl
 
     from components import make_components
 
     c = make_components(base_image)
-    if gpus < 0 or not isinstance(gpus, int):
-        raise ConfigError(f"gpus {gpus!r} must be an integer >= 0")
-    if parallelism < 0:
-        raise ConfigError(f"parallelism {parallelism!r} must be >= 0 (0: unlimited)")
-
-    def with_secrets(task, s3_secret, mlflow_secret):
-        kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS},
-                                     optional=True)
-        kubernetes.use_secret_as_env(task, secret_name=mlflow_secret,
-                                     secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS}, optional=True)
-        return task
-
-    def training_task(task, tolerations, node_selector):
-        """GPU, placement, dataset cache and preemption retries of a step that trains."""
-        if accelerator and gpus > 0:
-            task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
-        kubernetes.add_toleration_json(task, tolerations)
-        kubernetes.add_node_selector_json(task, node_selector)
-        if cache_dir:
-            if dataset_pvc:
-                kubernetes.mount_pvc(task, pvc_name=dataset_pvc, mount_path=cache_dir)
-            else:
-                kubernetes.empty_dir_mount(task, volume_name="ahps-data-cache", mount_path=cache_dir)
-            task.set_env_variable("AHPS_DATA_CACHE", cache_dir)
-        if retries > 0:
-            task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=backoff_factor)
-        return task
+    check_build_options(gpus=gpus, parallelism=parallelism)
+    settings = TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, cache_dir=cache_dir,
+                            retries=retries, backoff=backoff, backoff_factor=backoff_factor)
+    with_secrets, training_task = settings.with_secrets, settings.training
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def transfer(
@@ -199,7 +171,6 @@ def build(
 
 #: Other spellings of the families (the chart and docs say nas-bench-201).
 FAMILY_ALIASES = {"nas-bench-201": "nb201", "nasbench201": "nb201", "nb-201": "nb201", "nats-bench": "nb201"}
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 def _choice(name: str, value: Any, accepted: tuple[str, ...] | list[str]) -> None:
@@ -274,27 +245,7 @@ def validate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
         raise ConfigError(f"dataset {p['dataset']} needs data_source: a directory or s3://bucket/prefix with its files")
     elif local and not p["data_source"].startswith("s3://") and not Path(p["data_source"]).exists():
         raise ConfigError(f"data_source {p['data_source']!r} does not exist")
-    for name in ("s3_secret", "mlflow_secret"):
-        if not _K8S_NAME.match(p[name]) or len(p[name]) > 253:
-            raise ConfigError(f"{name} {p[name]!r} is not a valid Kubernetes secret name")
-    if not p["mlflow_experiment"].strip():
-        raise ConfigError("mlflow_experiment must not be empty")
-    tol = p["gpu_tolerations"]
-    if not all(isinstance(t, dict) for t in tol):
-        raise ConfigError(f"gpu_tolerations {tol!r} must be a list of toleration objects, e.g. "
-                          '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]')
-    sel = p["gpu_node_selector"]
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in sel.items()):
-        raise ConfigError(f"gpu_node_selector {sel!r} must map label names to string values")
-    if not local and not p["tracking_uri"]:
-        raise ConfigError("tracking_uri is empty: the pipeline's pods need the MLflow server, e.g. --param "
-                          "tracking_uri=http://ahps-mlflow.NAMESPACE.svc.cluster.local:5000")
-    if p["checkpoint_root"] and not local and not p["checkpoint_root"].startswith("s3://"):
-        pass  # a path on a volume of the cluster: cannot be checked from here
-    if p["checkpoint_root"].startswith("s3://"):
-        from ahps_core.data.s3 import parse_s3_uri
-
-        parse_s3_uri(p["checkpoint_root"])
+    validate_cluster_params(p, local=local)
     return p
 
 

@@ -97,10 +97,13 @@ def _validated(pipe, given: dict[str, Any], *, local: bool, extra: dict[str, Any
                require_tracking: bool = True) -> dict[str, Any]:
     module = pipe.load()
     params = {**pipe.defaults(), **(extra or {}), **given}
-    if not require_tracking and not params.get("tracking_uri"):
-        params["tracking_uri"] = "unset"  # compile: the tracking URI comes at submit time
-        checked = module.validate(params, local=local)
-        checked["tracking_uri"] = ""
+    if not require_tracking:
+        # compile: the tracking URI (and what the module lists in SUBMIT_TIME_PLACEHOLDERS, e.g. a data source
+        # without a default) comes at submit time: validate with a placeholder, keep it empty in the YAML
+        deferred = {"tracking_uri": "unset", **getattr(module, "SUBMIT_TIME_PLACEHOLDERS", {})}
+        empty = {k: v for k, v in deferred.items() if not params.get(k)}
+        checked = module.validate({**params, **empty}, local=local)
+        checked.update({k: "" for k in empty})
         return checked
     return module.validate(params, local=local)
 

@@ -6,7 +6,9 @@ by the kubelet ($(AHPS_PARAM_X)), so editing the ConfigMap changes the next run 
 {{- $s := .Values.scheduler }}
 {{- $args := list "submit" $s.pipeline }}
 {{- if eq $s.mode "recurringRun" }}
-{{- $args = list "schedule" $s.pipeline "--cron" $s.schedule "--name" $s.recurringRunName }}
+{{- /* --replace: `ahps schedule` keeps an existing recurring run of this name unless told to replace it,
+       so without it a `helm upgrade` would never update the schedule or the parameters. */}}
+{{- $args = list "schedule" $s.pipeline "--cron" $s.schedule "--name" $s.recurringRunName "--replace" }}
 {{- end }}
 {{- $args = concat $args (list "--host" .Values.kfp.host "--experiment" $s.experiment) }}
 {{- range $name, $_ := include "ahps.scheduler.params" . | fromJson }}
