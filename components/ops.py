@@ -1,6 +1,6 @@
 """The KFP component functions of ahps. Only each function's *source* is shipped to the task (kfp lightweight
 components), so every body imports what it needs inside, from the installed ``ahps_core``/``components``
-packages, and delegates to :mod:`components.steps`. Build the components with
+packages, and delegates to :mod:`ahps_core.workflow`. Build the components with
 :func:`components.make_components` (it fixes ``base_image``); do not decorate these functions here.
 
 Numbers inside dict parameters (ParallelFor items, dict outputs) arrive as floats: the steps cast them.
@@ -38,7 +38,7 @@ def find_base_lr(
     """Base LR on the family's one-hidden-layer proxy (or the given one); creates the run group's parent run."""
     import collections
 
-    from components.steps import find_base_lr_step, prepare_env, resolve_run_group
+    from ahps_core.workflow import find_base_lr_step, prepare_env, resolve_run_group
 
     prepare_env(s3_endpoint)
     group = resolve_run_group(run_group, job_id)
@@ -69,7 +69,7 @@ def transfer(
     plan: Output[Artifact],
 ) -> List[dict]:
     """LR + init plan of every target x {autoscaled, fixed} x seed; skipped targets recorded with their reason."""
-    from components.steps import prepare_env, transfer_step
+    from ahps_core.workflow import prepare_env, transfer_step
 
     prepare_env()
     items = transfer_step(
@@ -105,7 +105,7 @@ def train(
 
     The run-group key comes in ``item`` (the transfer step puts it there): kfp 2.17's local runner resolves any
     *other* upstream task output used inside a ParallelFor to the loop item."""
-    from components.steps import prepare_env, train_step
+    from ahps_core.workflow import prepare_env, train_step
 
     prepare_env(s3_endpoint)
     summary = train_step(
@@ -139,7 +139,7 @@ def compare(
     import json
     import os
 
-    from components.steps import PLAN_FILE, compare_step, format_markdown, prepare_env
+    from ahps_core.workflow import PLAN_FILE, compare_step, format_markdown, prepare_env
 
     prepare_env()
     with open(os.path.join(plan.path, PLAN_FILE)) as fh:
@@ -193,7 +193,7 @@ def sample_cells(
     """Samples NB201 cells from the benchmark records (with their recorded accuracies); creates the parent run."""
     import collections
 
-    from components.steps import _k_num, as_int, budget_info, is_synthetic, prepare_env, resolve_run_group, sample_step
+    from ahps_core.workflow import _k_num, as_int, budget_info, is_synthetic, prepare_env, resolve_run_group, sample_step
 
     prepare_env(s3_endpoint)
     seeds, topk = [as_int(s) for s in seeds], [_k_num(k) for k in topk]  # list items arrive as floats
@@ -233,7 +233,7 @@ def reeval_base_lr(
     """The base LR: given (NB201 reference: 0.46), or found on the nb201 proxy (``base_lr`` 0)."""
     import collections
 
-    from components.steps import find_base_lr_step, prepare_env
+    from ahps_core.workflow import find_base_lr_step, prepare_env
 
     prepare_env(s3_endpoint)
     result = find_base_lr_step(
@@ -261,7 +261,7 @@ def reeval_plan(
     import json
     import os
 
-    from components.steps import SAMPLE_FILE, prepare_env, reeval_plan_step
+    from ahps_core.workflow import SAMPLE_FILE, prepare_env, reeval_plan_step
 
     prepare_env()
     with open(os.path.join(cells.path, SAMPLE_FILE)) as fh:
@@ -298,7 +298,7 @@ def reeval_train(
 
     The run group, LR and benchmark accuracy come in ``item`` (kfp 2.17's local runner resolves any *other*
     upstream task output used inside a ParallelFor to the loop item)."""
-    from components.steps import prepare_env, reeval_train_step
+    from ahps_core.workflow import prepare_env, reeval_train_step
 
     prepare_env(s3_endpoint)
     summary = reeval_train_step(
@@ -335,7 +335,7 @@ def rank(
     import json
     import os
 
-    from components.steps import (
+    from ahps_core.workflow import (
         PLAN_FILE,
         SAMPLE_FILE,
         format_reevaluation_markdown,

@@ -3,7 +3,7 @@ cells x seeds: train with the NB201 recipe at the cell's own (architecture-aware
 benchmark records (Chen et al., ICLR 2024, §4.3: top-K% Kendall tau, seed-noise floor, mean accuracy delta,
 pairwise gaps).
 
-Steps (components, see :mod:`components.ops`; logic in :mod:`components.steps`):
+Steps (components, see :mod:`components.ops`; logic in :mod:`ahps_core.workflow`):
 
 1. ``sample-cells``: opens the records (``benchmark``: a NATS-Bench ``*-simple`` directory or an NB201 ``.pth``,
    a path or ``s3://``; ``fixture``: the 3-architecture NATS-Bench fixture shipped with ahps), draws ``sample_size``
@@ -221,7 +221,7 @@ def validate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     pipeline; ``benchmark`` and ``data_source`` have no default there)."""
     from ahps_core.ranking import SELECT_BY
     from ahps_core.scaling import CONVENTIONS, RULES
-    from components.steps import DEDUP_RULES
+    from ahps_core.workflow import DEDUP_RULES
     from pipelines.transfer import FAMILY_ALIASES, _choice
 
     p = dict(params)
@@ -291,7 +291,7 @@ def _validate_data(p: dict[str, Any], *, local: bool) -> None:
     if not p["data_source"].startswith("s3://") and not Path(p["data_source"]).exists():
         raise ConfigError(f"data_source {p['data_source']!r} does not exist")
     if p["checksums_file"]:
-        from components.steps import read_checksums_manifest
+        from ahps_core.workflow import read_checksums_manifest
 
         read_checksums_manifest(p["checksums_file"])
 
@@ -301,7 +301,7 @@ def _validate_benchmark(p: dict[str, Any], *, local: bool) -> None:
     ``benchmark``) always, a local path with ``local``; S3 and cluster paths are opened by the pipeline."""
     bench = p["benchmark"]
     if not bench:
-        from components.steps import benchmark_path
+        from ahps_core.workflow import benchmark_path
 
         benchmark_path(bench)  # the error saying what to give
     if bench.startswith("s3://"):
@@ -311,7 +311,7 @@ def _validate_benchmark(p: dict[str, Any], *, local: bool) -> None:
         return
     if bench != "fixture" and not local:
         return
-    from components.steps import open_benchmark_records
+    from ahps_core.workflow import open_benchmark_records
 
     open_benchmark_records(bench, sample={
         "k": p["sample_size"], "seed": p["sample_seed"], "dataset": p["dataset"], "stratify": p["stratify"],
@@ -333,7 +333,7 @@ def write_synthetic_data(directory: str | os.PathLike[str]) -> Path:
     (``cifar-100-python/``) and ImageNet16-120 (the batch files) under ``directory``, and the manifest
     (``SYNTHETIC_MANIFEST``: ``{"data_source", "synthetic": true, "md5"}``) written last; returns its path."""
     from ahps_core.data import write_cifar_like, write_imagenet16_like
-    from components.steps import write_json
+    from ahps_core.workflow import write_json
 
     root = Path(directory).resolve()
     n_train, n_test = SYNTHETIC_SIZES["n_train"], SYNTHETIC_SIZES["n_test"]
@@ -358,6 +358,6 @@ def local_defaults(workdir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    from components.steps import format_reevaluation
+    from ahps_core.workflow import format_reevaluation
 
     return format_reevaluation(summary)

@@ -256,6 +256,6 @@ def local_defaults(workdir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    from components.steps import format_stats, format_table
+    from ahps_core.workflow import format_stats, format_table
 
     return f"{format_table(summary)}\n\n{format_stats(summary)}"

@@ -298,7 +298,7 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters():
 
 
 def test_budget_marking():
-    from components.steps import budget_info
+    from ahps_core.workflow import budget_info
 
     assert budget_info(C=16, N=5, epochs=200, batch_size=0, benchmark="s3://b/x")["reduced"] is False
     small = budget_info(C=16, N=5, epochs=50, benchmark="fixture")
@@ -310,7 +310,7 @@ def test_skipped_cells_are_listed_with_reasons():
     """Cells without an input->output path and isomorphic duplicates among the candidates: both with a reason,
     consistent with the sampler's own counts."""
     from ahps_core.sampling import NO_PATH_REASON, all_cells, sample_cells
-    from components.steps import _duplicates, _Listing
+    from ahps_core.workflow import _duplicates, _Listing
 
     listing = _Listing(all_cells()[::29])  # 539 cells spread over the space
     drawn = sample_cells(20, 0, records=listing, dedup=True, iso="function")
@@ -322,7 +322,7 @@ def test_skipped_cells_are_listed_with_reasons():
 
 
 def test_checksums_manifest_applies_to_its_own_data_source(tmp_path):
-    from components.steps import load_checksums
+    from ahps_core.workflow import load_checksums
     from pipelines.reevaluate import SYNTHETIC_MANIFEST, write_synthetic_data
 
     manifest = write_synthetic_data(tmp_path / "data")
@@ -335,7 +335,7 @@ def test_checksums_manifest_applies_to_its_own_data_source(tmp_path):
 def test_s3_benchmark_fetches_only_the_sampled_records(tmp_path, monkeypatch):
     boto3 = pytest.importorskip("boto3")
     moto_server = pytest.importorskip("moto.server")
-    from components.steps import open_benchmark_records
+    from ahps_core.workflow import open_benchmark_records
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
