@@ -249,10 +249,10 @@ def sample_cells(
         pool.append(a)
     n_duplicates = len(candidates) - len(skipped) - len(pool)
     if k > len(pool):
-        where = f"{space} space" if records is None else "records"
+        where = f"the {space} space" if records is None else "the benchmark records"
         where += f" ({len(candidates):,} cells)"
         raise ConfigError(
-            f"cannot sample k={k:,} cells: the {where} has only {len(pool):,} "
+            f"cannot sample k={k:,} cells: {where} {'hold' if records is not None else 'holds'} only {len(pool):,} "
             f"{'unique ' if dedup else ''}cells with an input->output path "
             f"({len(skipped):,} without a path{f', {n_duplicates:,} duplicates under iso={iso!r}' if dedup else ''})"
         )

@@ -223,7 +223,7 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
      "error: benchmark '/nonexistent/NAS-Bench-201-v1_1-096897.pth' does not exist; accepted are"),
     (["-p", "dataset=mnist"], "error: unknown dataset 'mnist': accepted are cifar10, cifar10-valid, cifar100, "
                               "ImageNet16-120"),
-    (["-p", "sample_size=4"], "error: cannot sample k=4 cells: the records (3 cells) has only 3 unique cells"),
+    (["-p", "sample_size=4"], "error: cannot sample k=4 cells: the benchmark records (3 cells) hold only 3 unique cells"),
     (["-p", "family=mlp"], "error: unknown family 'mlp': the reevaluate pipeline re-trains NAS-Bench-201 cells"),
     (["-p", "topk=[100,0]"], "error: topk [100, 0] must be a non-empty list of percentages in (0, 100]"),
 ])
