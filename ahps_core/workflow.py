@@ -795,10 +795,16 @@ def _plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, family: str, d
     fig, ax = _figure(max(6.0, 1.1 * len(rows) + 2))
     x = list(range(len(rows)))
     w = 0.38
+    shown: list[float] = []
     for off, recipe, color in ((-w / 2, "autoscaled", "tab:blue"), (w / 2, "fixed", "tab:orange")):
         ys = [100 * (r.get(f"{recipe}_acc") or 0.0) for r in rows]
+        shown += ys
         bars = ax.bar([i + off for i in x], ys, w, label=recipe, color=color)
         ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
+    if shown:  # the differences between recipes are a few points: zoom on them (the axis says where it starts)
+        lo, hi = min(shown), max(shown)
+        pad = max(1.0, 0.15 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
     ax.set_xticks(x, [_short(r["arch"]) for r in rows], rotation=30, ha="right", fontsize="small")
     ax.set_ylabel("final eval accuracy (%)")
     ax.set_title(f"Autoscaled vs fixed recipe: {family} on {dataset}")
