@@ -2,7 +2,7 @@
 
 * :func:`cluster_params`: the tracking/cluster parameters every pipeline takes (tracking URI, MLflow experiment,
   run group, checkpoint root, S3 endpoint, secret names, GPU placement);
-* :func:`check_build_options` and :class:`TaskSettings`: the compile-time options of ``build`` and what they do to
+* :class:`TaskSettings`: the compile-time options of ``build`` (checked when made) and what they do to
   a task -- :meth:`TaskSettings.with_secrets` (S3 and MLflow credentials as env vars from Kubernetes secrets,
   optional, names from parameters), :meth:`TaskSettings.training` (GPU request, tolerations and node selector
   from parameters, the dataset cache volume, preemption retries);
@@ -51,30 +51,31 @@ def cluster_params(*, experiment: str = "ahps") -> dict[str, Param]:
     }
 
 
-def check_build_options(*, gpus: int, parallelism: int) -> None:
-    if gpus < 0 or not isinstance(gpus, int):
-        raise ConfigError(f"gpus {gpus!r} must be an integer >= 0")
-    if parallelism < 0:
-        raise ConfigError(f"parallelism {parallelism!r} must be >= 0 (0: unlimited)")
-
-
 @dataclass(frozen=True)
 class TaskSettings:
     """What the compile-time options of ``build`` do to a task.
 
     ``accelerator``: resource type the training steps request (``""``: no GPU request), ``gpus`` of them;
     ``dataset_pvc``: a PVC mounted at ``cache_dir`` instead of an emptyDir (``cache_dir`` ``""``: no cache volume
-    and no ``AHPS_DATA_CACHE``); ``retries``: retries of the training steps after a failure/preemption (0: none)
-    with ``backoff`` doubling by ``backoff_factor``.
+    and no ``AHPS_DATA_CACHE``); ``parallelism``: concurrent trainings of the ParallelFor (0: unlimited);
+    ``retries``: retries of the training steps after a failure/preemption (0: none) with ``backoff`` doubling by
+    ``backoff_factor``. The options are checked when the settings are made.
     """
 
     accelerator: str = DEFAULT_ACCELERATOR
     gpus: int = 1
     dataset_pvc: str = ""
     cache_dir: str = DEFAULT_CACHE_DIR
+    parallelism: int = 0
     retries: int = 3
     backoff: str = "60s"
     backoff_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ConfigError(f"gpus {self.gpus!r} must be an integer >= 0")
+        if self.parallelism < 0:
+            raise ConfigError(f"parallelism {self.parallelism!r} must be >= 0 (0: unlimited)")
 
     def with_secrets(self, task, s3_secret, mlflow_secret):
         """S3 and MLflow credentials as env vars from the (optional) secrets named by the parameters."""
@@ -136,4 +137,4 @@ def validate_cluster_params(p: dict[str, Any], *, local: bool) -> None:
 
 
 __all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_TOLERATIONS", "MLFLOW_SECRET_KEYS",
-           "S3_SECRET_KEYS", "TaskSettings", "check_build_options", "cluster_params", "validate_cluster_params"]
+           "S3_SECRET_KEYS", "TaskSettings", "cluster_params", "validate_cluster_params"]

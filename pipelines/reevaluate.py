@@ -45,7 +45,6 @@ from pipelines._cluster import (
     DEFAULT_ACCELERATOR,
     DEFAULT_CACHE_DIR,
     TaskSettings,
-    check_build_options,
     cluster_params,
     validate_cluster_params,
 )
@@ -122,9 +121,8 @@ def build(
     from components import make_components
 
     c = make_components(base_image)
-    check_build_options(gpus=gpus, parallelism=parallelism)
     settings = TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, cache_dir=cache_dir,
-                            retries=retries, backoff=backoff, backoff_factor=backoff_factor)
+                            parallelism=parallelism, retries=retries, backoff=backoff, backoff_factor=backoff_factor)
     with_secrets, training_task = settings.with_secrets, settings.training
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
@@ -190,7 +188,7 @@ def build(
 
         # Inside the loop only the item and pipeline parameters are used (see pipelines.transfer): the run group,
         # LR and benchmark accuracy travel in the item.
-        with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism or None) as item:
+        with dsl.ParallelFor(plan.outputs["Output"], parallelism=settings.parallelism or None) as item:
             trained = c.reeval_train(
                 item=item, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
                 batch_size=batch_size, C=C, N=N, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,

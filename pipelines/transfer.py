@@ -32,7 +32,6 @@ from pipelines._cluster import (  # noqa: F401 - re-exported: the constants were
     MLFLOW_SECRET_KEYS,
     S3_SECRET_KEYS,
     TaskSettings,
-    check_build_options,
     cluster_params,
     validate_cluster_params,
 )
@@ -94,9 +93,8 @@ def build(
     from components import make_components
 
     c = make_components(base_image)
-    check_build_options(gpus=gpus, parallelism=parallelism)
     settings = TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, cache_dir=cache_dir,
-                            retries=retries, backoff=backoff, backoff_factor=backoff_factor)
+                            parallelism=parallelism, retries=retries, backoff=backoff, backoff_factor=backoff_factor)
     with_secrets, training_task = settings.with_secrets, settings.training
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
@@ -147,7 +145,7 @@ def build(
 
         # Inside the loop only the item and pipeline parameters are used: kfp 2.17's local runner resolves any
         # other upstream output there to the loop item, so the run group travels in the item.
-        with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism or None) as item:
+        with dsl.ParallelFor(plan.outputs["Output"], parallelism=settings.parallelism or None) as item:
             trained = c.train(
                 item=item, family=family, dataset=dataset, data_source=data_source, epochs=epochs,
                 train_recipe=train_recipe, batch_size=batch_size, width=width,
