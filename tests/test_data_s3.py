@@ -15,6 +15,7 @@ from ahps_core.data import load_dataset, write_cifar_like
 from ahps_core.data import s3 as s3mod
 from ahps_core.data.checksums import md5_file
 from ahps_core.errors import ChecksumError, ConfigError, DataError
+from tests.conftest import moto_s3_server
 
 pytest.importorskip("moto.server")
 from botocore.exceptions import ResponseStreamingError
@@ -25,19 +26,13 @@ _names = (f"bucket-{i}" for i in itertools.count())
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """A moto S3 server on a free loopback port, with dummy credentials in the environment."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as mp:
+    with moto_s3_server() as url, pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
         for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
             mp.delenv(key, raising=False)
-        yield f"http://{host}:{port}"
-    server.stop()
+        yield url
 
 
 @pytest.fixture

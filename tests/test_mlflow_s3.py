@@ -6,12 +6,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,8 +13,10 @@ import yaml
 
 boto3 = pytest.importorskip("boto3")
 mlflow = pytest.importorskip("mlflow")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 helm = pytest.importorskip("helm_python")
+
+from tests.conftest import free_port, mlflow_server_process, moto_s3_server  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "ahps"
 BUCKET, PREFIX = "ahps-mlflow", "proxied"
@@ -35,26 +31,14 @@ STARTUP_DEADLINE_S = 120
 IN_CLUSTER_HOST = "ahps-mlflow.ml.svc.cluster.local:5000"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id=SECRETS[("ahps-s3", "AWS_ACCESS_KEY_ID")],
-                          aws_secret_access_key=SECRETS[("ahps-s3", "AWS_SECRET_ACCESS_KEY")])
-    client.create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3_server() as url:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id=SECRETS[("ahps-s3", "AWS_ACCESS_KEY_ID")],
+                              aws_secret_access_key=SECRETS[("ahps-s3", "AWS_SECRET_ACCESS_KEY")])
+        client.create_bucket(Bucket=BUCKET)
         yield url, client
-    finally:
-        server.stop()
 
 
 def chart_server_container(s3_url: str) -> dict:
@@ -84,7 +68,7 @@ def mlflow_server(s3, tmp_path_factory):
     s3_url, _ = s3
     workdir = tmp_path_factory.mktemp("mlflow-server")
     container = chart_server_container(s3_url)
-    port = _free_port()
+    port = free_port()
     overrides = {"--host": "127.0.0.1", "--port": str(port), "--workers": "1"}
     args = []
     for arg in container["args"]:
@@ -101,34 +85,8 @@ def mlflow_server(s3, tmp_path_factory):
     assert env["MLFLOW_S3_ENDPOINT_URL"] == s3_url and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     env["HOME"] = str(workdir)
     assert container["command"] == ["mlflow", "server"]
-    log = open(workdir / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=workdir, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(workdir / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {STARTUP_DEADLINE_S}s:\n"
-                            f"{(workdir / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
+    with mlflow_server_process(args, port, workdir, env, STARTUP_DEADLINE_S) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this test started (uvicorn workers)
-            proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture

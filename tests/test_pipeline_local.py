@@ -14,7 +14,7 @@ import pytest
 
 from ahps_core.errors import ConfigError
 from pipelines import coerce_params, get_pipeline, parse_param_args
-from tests.conftest import REPO, ahps_cmd
+from tests.conftest import REPO, ahps_cmd, moto_s3_server, one_line_error
 
 TINY = ["-p", "targets=2_02,2_22,0_02", "-p", "epochs=1", "-p", "max_steps_per_epoch=8",
         "-p", "lr_grid=[0.1,0.3,1.0]", "-p", "lr_seeds=1", "--parallelism", "2"]
@@ -23,14 +23,6 @@ TINY = ["-p", "targets=2_02,2_22,0_02", "-p", "epochs=1", "-p", "max_steps_per_e
 def ahps(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([*ahps_cmd(), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 def store_runs(workdir: Path) -> list[dict]:
@@ -161,14 +153,9 @@ def test_run_end_to_end_then_rerun_reuses_everything(tmp_path):
 def test_checkpoints_sync_to_s3(tmp_path, monkeypatch):
     """CheckpointSync against moto's S3 server: push uploads new/changed files only, pull restores them."""
     boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
     from ahps_core.storage import CheckpointSync, checkpoint_location
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
+    with moto_s3_server() as url:
         for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                      "AWS_ENDPOINT_URL_S3": url}.items():
             monkeypatch.setenv(k, v)
@@ -191,8 +178,6 @@ def test_checkpoints_sync_to_s3(tmp_path, monkeypatch):
         assert (tmp_path / "b" / "checkpoint.pt").read_bytes() == b"epoch2!"
         assert not (tmp_path / "b" / "checkpoint.pt.tmp").exists()
         assert b.push() == []
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import yaml
 
 from ahps_core.benchmarks import open_benchmark
 from ahps_core.resources import NATS_TSS_FIXTURE
-from tests.conftest import REPO, ahps_cmd
+from tests.conftest import REPO, ahps_cmd, moto_s3_server, one_line_error
 
 TINY = ["-p", "epochs=1", "-p", "max_steps_per_epoch=4", "-p", "n_boot=200", "--parallelism", "2"]
 TRACKING = "tracking_uri=http://ahps-mlflow.ml.svc.cluster.local:5000"
@@ -33,14 +33,6 @@ FAKE_CREDS = {
 def ahps(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([*ahps_cmd(), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 class Store:
@@ -334,14 +326,9 @@ def test_checksums_manifest_applies_to_its_own_data_source(tmp_path):
 
 def test_s3_benchmark_fetches_only_the_sampled_records(tmp_path, monkeypatch):
     boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
     from ahps_core.workflow import open_benchmark_records
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
+    with moto_s3_server() as url:
         for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                      "AWS_DEFAULT_REGION": "us-east-1", "AHPS_DATA_CACHE": str(tmp_path / "cache")}.items():
             monkeypatch.setenv(k, v)
@@ -362,8 +349,6 @@ def test_s3_benchmark_fetches_only_the_sampled_records(tmp_path, monkeypatch):
 
         with pytest.raises(BenchmarkError, match="has no meta.pickle.pbz2"):
             open_benchmark_records("s3://ahps-bench/missing", s3_endpoint=url, sample=sample)
-    finally:
-        server.stop()
 
 
 # --- the default run (slow) ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from ahps_core.cli import main
 from ahps_core.cli.pipeline_cmds import kfp_cron
 from ahps_core.errors import ConfigError
-from tests.conftest import REPO, ahps_cmd
+from tests.conftest import REPO, ahps_cmd, one_line_error
 from tests.fake_kfp import FakeKFP
 
 TRACKING = "tracking_uri=http://ahps-mlflow.ml.svc.cluster.local:5000"
@@ -28,14 +28,6 @@ def kfp_server():
 def ahps(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*ahps_cmd(), *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 def test_submit_creates_a_run_with_the_compiled_spec(kfp_server, capsys, monkeypatch):

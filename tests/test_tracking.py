@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -26,51 +24,21 @@ from ahps_core.tracking import (
     check_tracking_uri,
     local_store_uri,
 )
-from tests.conftest import REPO, ahps_cmd
+from tests.conftest import REPO, ahps_cmd, free_port, mlflow_server_process
 
 STARTUP_DEADLINE_S = 120
 TARGETS = ["2_02", "2_22", "2_02_002"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(d / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-         "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + STARTUP_DEADLINE_S
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited: {(d / 'server.log').read_text()[-2000:]}")
-        try:
-            if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.terminate()
-        pytest.fail("mlflow server did not start")
-    try:
+    port = free_port()
+    args = ["--backend-store-uri", f"sqlite:///{d}/mlflow.db", "--artifacts-destination", str(d / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with mlflow_server_process(args, port, d, {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+                               STARTUP_DEADLINE_S) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def rest(url: str, path: str, body: dict | None = None) -> dict:
@@ -109,7 +77,7 @@ def metrics_of(run: dict) -> dict:
 
 
 def test_unreachable_server_is_one_line_tracking_error():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(TrackingError) as err:
         check_tracking_uri(f"http://127.0.0.1:{port}")
     assert f"127.0.0.1:{port}" in str(err.value) and "cannot be reached" in str(err.value)
