@@ -44,3 +44,8 @@ class TrackingError(AhpsError):
 
 class OrchestrationError(AhpsError):
     """The Kubeflow Pipelines host cannot be reached or refused a request."""
+
+
+class DivergedError(ConfigError):
+    """Every learning rate of a search diverged (non-finite loss): the grid is too high for this model. A
+    :class:`ConfigError` (the user can fix it by lowering the grid), distinguishable without reading its text."""
