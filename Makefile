@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-all bench setup clean
+.PHONY: run test test-all lint bench setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/ahps run
+
+lint: $(STAMP)
+	$(BIN)/ruff check ahps_core components pipelines tests
+	$(BIN)/mypy ahps_core components pipelines
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
