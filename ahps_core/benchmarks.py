@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from ahps_core.errors import BenchmarkError, ConfigError
-from ahps_core.graph import ArchGraph, nb201_arch_str, parse_arch
+from ahps_core.graph import ArchGraph, nb201_arch_string
 
 EPOCHS = 200
 HP = "200"
@@ -92,20 +92,6 @@ ACCEPTED_FORMATS = (
     "a NATS-Bench topology '.pickle.pbz2' file, a NAS-Bench-201 '.pth' file, "
     "or a dict / API object loaded from one of them"
 )
-
-
-def nb201_arch_string(arch: str | ArchGraph) -> str:
-    """The benchmark's arch string (``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``) of an NB201 arch string, digit
-    code or :class:`ArchGraph`: the key of the benchmark's architecture list."""
-    graph = arch if isinstance(arch, ArchGraph) else parse_arch(arch, family="nb201")
-    if graph.family != "nb201":
-        raise ConfigError(
-            f"architecture {graph.spec!r} is a {graph.family} graph: benchmark records exist only for nb201 cells"
-        )
-    ops: dict[int, dict[int, str]] = {}
-    for e in graph.edges:
-        ops.setdefault(e.dst, {})[e.src] = e.name
-    return nb201_arch_str([[ops[d][s] for s in sorted(ops[d])] for d in sorted(ops)])
 
 
 def check_dataset(dataset: str) -> DatasetSpec:

@@ -1,4 +1,4 @@
-"""Architecture graphs: vertices and typed edges, parsed from every accepted spec form.
+"""Architecture graphs: vertices and typed edges.
 
 An :class:`ArchGraph` is a directed acyclic multigraph. Vertex ``input`` holds the network's input (for the
 reference families: the stem's output), vertex ``output`` feeds the readout. Every edge has a type:
@@ -8,41 +8,41 @@ reference families: the stem's output), vertex ``output`` feeds the readout. Eve
 * ``pool``: a parameter-free op that carries signal but no weight (NB201's ``avg_pool_3x3``);
 * ``zero``: a disabled edge (no forward or backward signal).
 
-Accepted specs (``family``):
-
-* ``mlp`` / ``cnn``: the reference code's DAG codes, e.g. ``2_02_002``. Group *i* (1-based) lists the ops on
-  the edges from vertices ``0..i-1`` into vertex *i*: ``0`` zero, ``1`` skip, ``2`` weight layer.
-* ``nb201``: NAS-Bench-201 cells, as arch strings ``|nor_conv_3x3~0|+|skip_connect~0|none~1|+|...|`` or as
-  digit codes ``3_10_...`` (``0`` none, ``1`` skip_connect, ``2`` nor_conv_1x1, ``3`` nor_conv_3x3,
-  ``4`` avg_pool_3x3).
-* ``graph``: a YAML or JSON file (or mapping) with nodes and typed edges, for anything else::
-
-      nodes: [x, h1, h2, y]          # optional; defaults to the vertices the edges name
-      input: x                       # optional when the graph has exactly one source
-      output: y                      # optional when the graph has exactly one sink
-      depth_offset: 0                # optional: constant added to every path depth (e.g. stem + readout)
-      edges:
-        - {from: x, to: h1, op: weight, kernel: 3}
-        - {from: h1, to: y, op: skip}
-
-A spec may carry its family as a prefix, ``FAMILY:SPEC`` (e.g. ``nb201:3_33_133``); NB201 arch strings
-(starting with ``|``) are recognised without one.
+Graphs are parsed from every accepted spec form (DAG codes, NB201 cells, graph files) by :mod:`ahps_core.specs`;
+its names (``parse_arch``, ``nb201_code``, ``NB201_OPS``, ...) can also be imported from here.
 
 This module is pure Python: no torch.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from ahps_core.errors import ArchSpecError, ConfigError
+from ahps_core.errors import ArchSpecError
 
+if TYPE_CHECKING:
+    from ahps_core.specs import (
+        DAG_DIGITS,
+        GRAPH_OP_ALIASES,
+        NB201_NODES,
+        NB201_OP_TYPES,
+        NB201_OPS,
+        detect_family,
+        nb201_arch_str,
+        nb201_arch_string,
+        nb201_code,
+        parse_arch,
+        parse_nb201_arch_str,
+        split_family_prefix,
+    )
+
+#: Families of architecture specs: the three model families and ``graph`` (a file of nodes and typed edges).
 FAMILIES = ("mlp", "cnn", "nb201", "graph")
+
 
 
 class Op(str, Enum):
@@ -70,33 +70,7 @@ class Edge:
         return self.op is not Op.ZERO
 
 
-# --- reference encodings ---------------------------------------------------------------------------------
 
-DAG_DIGITS = {"0": Op.ZERO, "1": Op.SKIP, "2": Op.WEIGHT}
-
-NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-NB201_OP_TYPES = {
-    "none": (Op.ZERO, 1),
-    "skip_connect": (Op.SKIP, 1),
-    "nor_conv_1x1": (Op.WEIGHT, 1),
-    "nor_conv_3x3": (Op.WEIGHT, 3),
-    "avg_pool_3x3": (Op.POOL, 1),
-}
-NB201_NODES = 4
-
-GRAPH_OP_ALIASES = {
-    "weight": Op.WEIGHT,
-    "linear": Op.WEIGHT,
-    "conv": Op.WEIGHT,
-    "skip": Op.SKIP,
-    "identity": Op.SKIP,
-    "skip_connect": Op.SKIP,
-    "pool": Op.POOL,
-    "avg_pool": Op.POOL,
-    "max_pool": Op.POOL,
-    "zero": Op.ZERO,
-    "none": Op.ZERO,
-}
 
 
 @dataclass(frozen=True)
@@ -186,7 +160,7 @@ class ArchGraph:
         return self.node_names[node] if self.node_names else str(node)
 
     def to_dict(self) -> dict:
-        """A ``graph``-family mapping of this graph (round-trips through :func:`parse_arch`)."""
+        """A ``graph``-family mapping of this graph (round-trips through :func:`ahps_core.specs.parse_arch`)."""
         names = [self.node_label(v) for v in range(self.num_nodes)]
         return {
             "nodes": names,
@@ -199,274 +173,6 @@ class ArchGraph:
             ],
         }
 
-
-# --- parsing ------------------------------------------------------------------------------------------------
-
-
-def split_family_prefix(spec: str) -> tuple[str | None, str]:
-    """``"nb201:3_33_133"`` -> ``("nb201", "3_33_133")``; a spec without a known prefix is returned as is."""
-    head, sep, rest = spec.partition(":")
-    if sep and head in FAMILIES:
-        return head, rest
-    return None, spec
-
-
-def detect_family(spec: str, family: str | None) -> tuple[str, str]:
-    """Resolve the family of ``spec``: an explicit ``FAMILY:`` prefix wins, NB201 arch strings are ``nb201``,
-    file paths are ``graph``, digit codes take ``family`` (required for them: they are ambiguous)."""
-    if family is not None and family not in FAMILIES:
-        raise ConfigError(f"unknown family {family!r}: accepted families are {', '.join(FAMILIES)}")
-    prefixed, body = split_family_prefix(spec.strip())
-    if prefixed is not None:
-        return prefixed, body
-    body = body.strip()
-    if body.startswith("|"):
-        return "nb201", body
-    if body.endswith((".yaml", ".yml", ".json")) or os.sep in body:
-        return "graph", body
-    if family is None:
-        raise ArchSpecError(
-            f"architecture {body!r}: digit codes are ambiguous, pass --family (one of mlp, cnn, nb201) "
-            "or prefix the spec with FAMILY:"
-        )
-    return family, body
-
-
-def parse_arch(spec: str | Mapping, family: str | None = None, *, kernel_size: int | None = None) -> ArchGraph:
-    """Parse any accepted spec into a validated :class:`ArchGraph`.
-
-    ``spec`` may also be a mapping in the ``graph`` format. ``kernel_size`` sets the kernel of the weight
-    edges of ``cnn`` DAG codes (default 3, the reference code's base kernel).
-    """
-    if isinstance(spec, Mapping):
-        return _parse_graph_mapping(spec, str(spec.get("name", "<mapping>")))
-    if not isinstance(spec, str) or not spec.strip():
-        raise ArchSpecError(f"empty architecture spec {spec!r}")
-    fam, body = detect_family(spec, family)
-    if fam in ("mlp", "cnn"):
-        graph = _parse_dag_code(body, fam)
-        if fam == "cnn":
-            graph = graph.with_kernel(3 if kernel_size is None else _check_kernel(kernel_size))
-        return graph
-    if fam == "nb201":
-        return _parse_nb201(body)
-    return _parse_graph_file(body)
-
-
-def _check_kernel(k: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"kernel size {k!r} is not a positive integer")
-    return k
-
-
-def _groups(code: str, spec: str, allowed: str, family: str) -> list[str]:
-    groups = code.split("_")
-    if not code or any(not g for g in groups):
-        raise ArchSpecError(f"architecture {spec!r}: malformed {family} code (empty group)")
-    for i, g in enumerate(groups, start=1):
-        bad = [c for c in g if c not in allowed]
-        if bad:
-            raise ArchSpecError(
-                f"architecture {spec!r}: unknown op {bad[0]!r} in group {i}; "
-                f"accepted digits for {family} are {', '.join(allowed)}"
-            )
-        if len(g) != i:
-            raise ArchSpecError(
-                f"architecture {spec!r}: group {i} ({g!r}) has {len(g)} digits, expected {i} "
-                f"(group i lists the ops from nodes 0..i-1 into node i)"
-            )
-    return groups
-
-
-def _parse_dag_code(code: str, family: str) -> ArchGraph:
-    groups = _groups(code, code, "012", family)
-    edges = []
-    for dst, group in enumerate(groups, start=1):
-        for src, digit in enumerate(group):
-            op = DAG_DIGITS[digit]
-            edges.append(Edge(src, dst, op, 1, "linear" if op is Op.WEIGHT and family == "mlp" else op.value))
-    return ArchGraph(len(groups) + 1, tuple(edges), family, code)
-
-
-def _nb201_graph(ops: list[list[str]], spec: str) -> ArchGraph:
-    edges = []
-    for dst, group in enumerate(ops, start=1):
-        for src, name in enumerate(group):
-            op, kernel = NB201_OP_TYPES[name]
-            edges.append(Edge(src, dst, op, kernel, name))
-    return ArchGraph(NB201_NODES, tuple(edges), "nb201", spec)
-
-
-def _parse_nb201(body: str) -> ArchGraph:
-    if body.startswith("|"):
-        return _nb201_graph(parse_nb201_arch_str(body), body)
-    groups = _groups(body, body, "01234", "nb201")
-    if len(groups) != NB201_NODES - 1:
-        raise ArchSpecError(
-            f"architecture {body!r}: a NAS-Bench-201 cell code has {NB201_NODES - 1} groups "
-            f"(like 3_33_133), got {len(groups)}"
-        )
-    return _nb201_graph([[NB201_OPS[int(c)] for c in g] for g in groups], body)
-
-
-def parse_nb201_arch_str(arch: str) -> list[list[str]]:
-    """``|a~0|+|b~0|c~1|+|d~0|e~1|f~2|`` -> ``[[a], [b, c], [d, e, f]]`` with full validation."""
-    nodes = arch.split("+")
-    if len(nodes) != NB201_NODES - 1:
-        raise ArchSpecError(
-            f"architecture {arch!r}: a NAS-Bench-201 arch string has {NB201_NODES - 1} '+'-separated "
-            f"node groups, got {len(nodes)}"
-        )
-    out: list[list[str]] = []
-    for i, node in enumerate(nodes, start=1):
-        if not (node.startswith("|") and node.endswith("|")) or len(node) < 2:
-            raise ArchSpecError(f"architecture {arch!r}: node group {node!r} must look like |op~0|op~1|")
-        items = [s for s in node[1:-1].split("|")]
-        if len(items) != i:
-            raise ArchSpecError(
-                f"architecture {arch!r}: node {i} has {len(items)} inputs, expected {i} (from nodes 0..{i - 1})"
-            )
-        ops = [""] * i
-        for item in items:
-            name, sep, src = item.partition("~")
-            if not sep or not src.isdigit():
-                raise ArchSpecError(f"architecture {arch!r}: malformed edge {item!r}, expected op~source")
-            if name not in NB201_OP_TYPES:
-                raise ArchSpecError(
-                    f"architecture {arch!r}: unknown op {name!r}; accepted ops are {', '.join(NB201_OPS)}"
-                )
-            j = int(src)
-            if j >= i or ops[j]:
-                raise ArchSpecError(
-                    f"architecture {arch!r}: node {i} lists source {j} "
-                    f"{'twice' if j < i else 'out of range'} (sources are 0..{i - 1}, once each)"
-                )
-            ops[j] = name
-        out.append(ops)
-    return out
-
-
-def nb201_arch_str(ops: Iterable[Iterable[str]]) -> str:
-    return "+".join("|" + "|".join(f"{op}~{j}" for j, op in enumerate(group)) + "|" for group in ops)
-
-
-def nb201_arch_string(graph: ArchGraph) -> str:
-    """The canonical NB201 arch string (``|op~0|+|op~0|op~1|+|...|``) of an NB201 cell graph."""
-    if graph.family != "nb201":
-        raise ConfigError(f"architecture {graph.spec!r} is not an nb201 cell")
-    by_dst: dict[int, list[str]] = {}
-    for e in graph.edges:
-        by_dst.setdefault(e.dst, []).append(e.name)
-    return nb201_arch_str(by_dst[d] for d in sorted(by_dst))
-
-
-def nb201_code(graph: ArchGraph) -> str:
-    """The digit code (``3_33_133``) of an NB201 cell graph."""
-    if graph.family != "nb201":
-        raise ConfigError(f"architecture {graph.spec!r} is not an nb201 cell")
-    by_dst: dict[int, list[str]] = {}
-    for e in graph.edges:
-        by_dst.setdefault(e.dst, []).append(str(NB201_OPS.index(e.name)))
-    return "_".join("".join(by_dst[d]) for d in sorted(by_dst))
-
-
-def _parse_graph_file(path: str) -> ArchGraph:
-    if not os.path.exists(path):
-        raise ArchSpecError(f"graph file {path!r} does not exist (a graph spec is a YAML or JSON file)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        if path.endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml  # local import: only graph files need it
-
-            data = yaml.safe_load(text)
-    except (OSError, ValueError) as exc:
-        raise ArchSpecError(f"graph file {path!r} cannot be read: {exc}") from None
-    except Exception as exc:  # yaml.YAMLError is not a ValueError
-        raise ArchSpecError(f"graph file {path!r} is not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise ArchSpecError(f"graph file {path!r}: expected a mapping with 'edges', got {type(data).__name__}")
-    return _parse_graph_mapping(data, path)
-
-
-def _parse_graph_mapping(data: Mapping, spec: str) -> ArchGraph:
-    unknown = set(data) - {"nodes", "edges", "input", "output", "depth_offset", "name"}
-    if unknown:
-        raise ArchSpecError(
-            f"graph {spec!r}: unknown keys {sorted(unknown)}; accepted: nodes, edges, input, output, depth_offset"
-        )
-    raw_edges = data.get("edges")
-    if not raw_edges:
-        raise ArchSpecError(f"graph {spec!r} is empty: it has no edges")
-    if not isinstance(raw_edges, list):
-        raise ArchSpecError(f"graph {spec!r}: 'edges' must be a list")
-    declared = data.get("nodes")
-    names: list[str] = [str(n) for n in declared] if declared is not None else []
-    if len(set(names)) != len(names):
-        raise ArchSpecError(f"graph {spec!r}: duplicate node names in 'nodes'")
-    index = {n: i for i, n in enumerate(names)}
-    edges: list[Edge] = []
-    for k, e in enumerate(raw_edges):
-        if not isinstance(e, Mapping) or "from" not in e or "to" not in e:
-            raise ArchSpecError(f"graph {spec!r}: edge #{k} {e!r} needs 'from' and 'to'")
-        ends = []
-        for key in ("from", "to"):
-            name = str(e[key])
-            if name not in index:
-                if declared is not None:
-                    raise ArchSpecError(
-                        f"graph {spec!r}: edge #{k} refers to undeclared node {name!r} (dangling edge)"
-                    )
-                index[name] = len(names)
-                names.append(name)
-            ends.append(index[name])
-        op_name = str(e.get("op", "weight"))
-        op = GRAPH_OP_ALIASES.get(op_name)
-        if op is None:
-            raise ArchSpecError(
-                f"graph {spec!r}: edge #{k} has unknown op {op_name!r}; accepted ops are "
-                f"{', '.join(sorted(GRAPH_OP_ALIASES))}"
-            )
-        kernel = e.get("kernel", 1)
-        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
-            raise ArchSpecError(f"graph {spec!r}: edge #{k} has kernel {kernel!r}, expected a positive integer")
-        if ends[0] == ends[1]:
-            raise ArchSpecError(f"graph {spec!r}: edge #{k} is a self-loop on {names[ends[0]]!r} (cycle)")
-        edges.append(Edge(ends[0], ends[1], op, kernel, op_name))
-    n = len(names)
-    touched = {e.src for e in edges} | {e.dst for e in edges}
-    isolated = [names[v] for v in range(n) if v not in touched]
-    if isolated:
-        raise ArchSpecError(f"graph {spec!r}: dangling node(s) {isolated} have no edges")
-    sources = [v for v in range(n) if not any(e.dst == v for e in edges)]
-    sinks = [v for v in range(n) if not any(e.src == v for e in edges)]
-    inp = _endpoint(data, "input", sources, names, index, spec)
-    out = _endpoint(data, "output", sinks, names, index, spec)
-    if inp == out:
-        raise ArchSpecError(f"graph {spec!r}: input and output are the same node {names[inp]!r}")
-    offset = data.get("depth_offset", 0)
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ArchSpecError(f"graph {spec!r}: depth_offset {offset!r} must be a non-negative integer")
-    graph = ArchGraph(n, tuple(edges), "graph", spec, inp, out, tuple(names), offset)
-    graph.topological_order  # noqa: B018 - validates acyclicity now, with a clear error
-    return graph
-
-
-def _endpoint(data: Mapping, key: str, candidates: list[int], names: list[str], index: dict, spec: str) -> int:
-    if key in data:
-        name = str(data[key])
-        if name not in index:
-            raise ArchSpecError(f"graph {spec!r}: {key} node {name!r} is not a node of the graph")
-        return index[name]
-    if len(candidates) != 1:
-        which = "sources (nodes without inputs)" if key == "input" else "sinks (nodes without outputs)"
-        raise ArchSpecError(
-            f"graph {spec!r}: cannot infer '{key}': the graph has {len(candidates)} {which} "
-            f"{[names[v] for v in candidates]}; name it with '{key}:'"
-        )
-    return candidates[0]
 
 
 # --- graph algorithms ---------------------------------------------------------------------------------------
@@ -509,3 +215,23 @@ def _reach(start: int, edges: Iterable[Edge], *, forward: bool) -> set[int]:
                 seen.add(w)
                 stack.append(w)
     return seen
+
+
+
+__all__ = [
+    "FAMILIES", "ArchGraph", "Edge", "Op",
+    # from ahps_core.specs, loaded on first use (specs imports this module):
+    "DAG_DIGITS", "GRAPH_OP_ALIASES", "NB201_NODES", "NB201_OPS", "NB201_OP_TYPES", "detect_family",
+    "nb201_arch_str", "nb201_arch_string", "nb201_code", "parse_arch", "parse_nb201_arch_str", "split_family_prefix",
+]
+_SPEC_NAMES = frozenset(__all__[4:])
+
+
+def __getattr__(name: str) -> Any:
+    """The names of :mod:`ahps_core.specs` listed in ``__all__``, so that ``from ahps_core.graph import
+    parse_arch`` keeps working without an import cycle."""
+    if name in _SPEC_NAMES:
+        from ahps_core import specs
+
+        return getattr(specs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

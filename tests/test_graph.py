@@ -6,8 +6,11 @@ import json
 
 import pytest
 
+import ahps_core.graph
+import ahps_core.specs
 from ahps_core.errors import ArchSpecError, ConfigError
-from ahps_core.graph import Op, detect_family, nb201_arch_string, nb201_code, parse_arch
+from ahps_core.graph import Op
+from ahps_core.specs import detect_family, nb201_arch_string, nb201_code, parse_arch
 
 
 def test_dag_code_edges():
@@ -23,9 +26,26 @@ def test_nb201_forms_round_trip():
     a, b = parse_arch(s), parse_arch("3_12_403", "nb201")
     assert a.edges == b.edges
     assert nb201_code(a) == "3_12_403" and nb201_arch_string(b) == s
+    assert nb201_arch_string("3_12_403") == nb201_arch_string("nb201:" + s) == s  # strings are parsed first
+    assert nb201_code(s) == "3_12_403"
+    with pytest.raises(ConfigError, match="'2_02' is a mlp graph: NB201 arch strings .* exist only for nb201 cells"):
+        nb201_arch_string(parse_arch("2_02", "mlp"))
     kinds = {e.name: (e.op, e.kernel) for e in a.edges}
     assert kinds["avg_pool_3x3"] == (Op.POOL, 1) and kinds["nor_conv_1x1"] == (Op.WEIGHT, 1)
     assert kinds["nor_conv_3x3"] == (Op.WEIGHT, 3)
+
+
+def test_graph_module_serves_the_spec_names():
+    """``from ahps_core.graph import parse_arch`` (and the other spec names) keeps working: the very objects of
+    :mod:`ahps_core.specs`, loaded without an import cycle; other names are still an AttributeError."""
+    for name in ("parse_arch", "detect_family", "nb201_code", "nb201_arch_str", "nb201_arch_string", "NB201_OPS",
+                 "parse_nb201_arch_str", "split_family_prefix"):
+        assert getattr(ahps_core.graph, name) is getattr(ahps_core.specs, name), name
+    from ahps_core.graph import parse_arch as via_graph
+
+    assert via_graph is parse_arch
+    with pytest.raises(AttributeError, match="no attribute 'parse'"):
+        ahps_core.graph.parse  # noqa: B018
 
 
 def test_family_detection():
@@ -88,7 +108,8 @@ def test_malformed_graph_files(tmp_path, data, message):
 
 
 def test_graph_file_yaml_and_missing(tmp_path):
-    path = write(tmp_path, "g.yaml", "edges:\n  - {from: x, to: h, op: conv, kernel: 3}\n  - {from: h, to: y, op: skip}\n")
+    path = write(tmp_path, "g.yaml",
+                 "edges:\n  - {from: x, to: h, op: conv, kernel: 3}\n  - {from: h, to: y, op: skip}\n")
     g = parse_arch(path)
     assert g.family == "graph" and g.weight_kernels == frozenset({3})
     with pytest.raises(ArchSpecError, match="does not exist"):
