@@ -1,6 +1,6 @@
 """Rank statistics between benchmark accuracies and re-trained ("new") accuracies.
 
-Protocol (Chen, Wu, Wang, Hanin, ICLR 2024, §4.3, Fig. 4 and Appendix E.4; papers.md §1.6 and A9):
+Protocol (Chen, Wu, Wang, Hanin, ICLR 2024, §4.3, Fig. 4 and Appendix E.4; docs/conventions.md §1.6 and A9):
 
 * **Top-K% sets**, K = 100, 90, ..., 10, 5, 1 (:data:`DEFAULT_KS`): the ``ceil(N * K / 100)`` best of the N
   architectures present in both inputs. The paper does not say which accuracy defines "best" (A9):
@@ -26,7 +26,7 @@ Protocol (Chen, Wu, Wang, Hanin, ICLR 2024, §4.3, Fig. 4 and Appendix E.4; pape
   mean of ``new - benchmark`` with a bootstrap CI.
 
 Degenerate inputs (fewer than 3 architectures, constant accuracies) give NaN and a note, never an exception.
-:func:`ranking_report` returns strict JSON (NaN as ``null``).
+:func:`ranking_report` returns strict JSON (NaN as ``null``); its figures are drawn by :mod:`ahps_core.plots`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
+from ahps_core import plots
+from ahps_core.checks import check_choice, finite_or_none
 from ahps_core.errors import ConfigError
 
 DEFAULT_KS: tuple[float, ...] = (100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 1)
@@ -66,12 +68,12 @@ class TopK:
         return {
             "k": self.k,
             "n": self.n,
-            "tau": _json(self.tau),
-            "tau_ci": [_json(x) for x in self.tau_ci],
-            "spearman": _json(self.spearman),
-            "spearman_ci": [_json(x) for x in self.spearman_ci],
-            "noise_tau": _json(self.noise_tau),
-            "noise_tau_ci": [_json(x) for x in self.noise_tau_ci],
+            "tau": finite_or_none(self.tau),
+            "tau_ci": [finite_or_none(x) for x in self.tau_ci],
+            "spearman": finite_or_none(self.spearman),
+            "spearman_ci": [finite_or_none(x) for x in self.spearman_ci],
+            "noise_tau": finite_or_none(self.noise_tau),
+            "noise_tau_ci": [finite_or_none(x) for x in self.noise_tau_ci],
             "note": self.note,
         }
 
@@ -114,11 +116,11 @@ class PairGaps:
             "n": self.n,
             "n_pairs": self.n_pairs,
             "pairs_sampled": self.sampled,
-            "mean_bench": _json(self.mean_bench),
-            "mean_new": _json(self.mean_new),
-            "ratio_new_over_bench": _json(self.ratio),
-            "ratio_ci": [_json(x) for x in self.ratio_ci],
-            "frac_shrunk": _json(self.frac_shrunk),
+            "mean_bench": finite_or_none(self.mean_bench),
+            "mean_new": finite_or_none(self.mean_new),
+            "ratio_new_over_bench": finite_or_none(self.ratio),
+            "ratio_ci": [finite_or_none(x) for x in self.ratio_ci],
+            "frac_shrunk": finite_or_none(self.frac_shrunk),
             "bench": quantiles(self.bench_gaps),
             "new": quantiles(self.new_gaps),
             "note": self.note,
@@ -145,13 +147,12 @@ def topk_correlations(
     its per-seed benchmark accuracies (:meth:`~ahps_core.benchmarks.BenchmarkRecords.seed_accuracies`);
     without it the noise floor is NaN. ``n_boot=0`` skips the bootstrap (CIs NaN).
     """
-    if select_by not in SELECT_BY:
-        raise ConfigError(f"select_by={select_by!r}: accepted are {', '.join(SELECT_BY)}")
+    check_choice("select_by", select_by, SELECT_BY)
     _check_boot(n_boot, ci)
     bad = [k for k in ks if not (isinstance(k, (int, float)) and 0 < k <= 100)]
     if bad or not ks:
         raise ConfigError(f"top-K percentages {list(ks)!r} must be non-empty, each in (0, 100]")
-    archs, b, y = _common(bench_acc, new_acc)
+    archs, b, y = paired_accuracies(bench_acc, new_acc)
     order = _ranked(archs, b if select_by == "benchmark" else y)
     seeds_matrix, seed_note = _seed_matrix(archs, bench_seeds)
     out = []
@@ -311,7 +312,7 @@ def pairwise_gaps(
     _check_boot(n_boot, ci)
     if not isinstance(max_pairs, int) or max_pairs < 1:
         raise ConfigError(f"max_pairs={max_pairs!r} must be a positive integer")
-    _, b, y = _common(bench_acc, new_acc)
+    _, b, y = paired_accuracies(bench_acc, new_acc)
     n = len(b)
     n_pairs = n * (n - 1) // 2
     if n < 2:
@@ -352,7 +353,7 @@ def accuracy_delta(
 ) -> Delta:
     """Mean of ``new - benchmark`` over the common architectures and its percentile bootstrap CI."""
     _check_boot(n_boot, ci)
-    _, b, y = _common(bench_acc, new_acc)
+    _, b, y = paired_accuracies(bench_acc, new_acc)
     d = y - b
     if len(d) == 0:
         return Delta(math.nan, math.nan, math.nan, 0)
@@ -362,85 +363,6 @@ def accuracy_delta(
     means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
     low, high = _percentile_ci(means, ci)
     return Delta(float(d.mean()), low, high, len(d))
-
-
-# --- plots ----------------------------------------------------------------------------------------------------
-
-
-def plot_topk(results: Mapping[str, Sequence[TopK]] | Sequence[TopK], path: str | Path, *, title: str = "") -> Path:
-    """τ-b (with CI band), Spearman ρ and the noise τ against K; one τ line per selection in ``results``."""
-    series = results if isinstance(results, Mapping) else {"benchmark": results}
-    fig, ax = _figure(width=9)
-    for sel, rows in series.items():
-        x = np.arange(len(rows))
-        tau = np.array([r.tau for r in rows])
-        lo = np.array([r.tau_ci[0] for r in rows])
-        hi = np.array([r.tau_ci[1] for r in rows])
-        line = ax.plot(x, tau, marker="o", label=f"Kendall τ-b (top set by {sel})")[0]
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
-        ax.plot(x, [r.spearman for r in rows], ls="--", color=line.get_color(), label=f"Spearman ρ (by {sel})")
-        ax.plot(x, [r.noise_tau for r in rows], ls=":", marker="s", color=line.get_color(),
-                label=f"seed-to-seed τ-b, noise floor (by {sel})")
-    rows = next(iter(series.values()))
-    ax.set_xticks(np.arange(len(rows)), [f"{r.k:g}\nn={r.n}" for r in rows], fontsize="small")
-    ax.set_xlabel("top K% of architectures")
-    ax.set_ylabel("rank correlation")
-    ax.set_title(title or "Benchmark vs new ranking within the top K%")
-    ax.legend(fontsize="x-small", loc="lower left")
-    return _save(fig, path)
-
-
-def plot_gaps(gaps: PairGaps, path: str | Path, *, title: str = "") -> Path:
-    """Empirical CDFs of the pairwise accuracy gaps under the benchmark and the new scheme."""
-    fig, ax = _figure()
-    for g, label in ((gaps.bench_gaps, "benchmark"), (gaps.new_gaps, "new")):
-        if g.size:
-            xs = np.sort(g)
-            ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", label=f"{label} (mean {np.mean(g):.2f})")
-    ax.set_xlabel("pairwise accuracy gap |acc_i - acc_j| (points)")
-    ax.set_ylabel("fraction of pairs")
-    ax.set_title(title or f"Pairwise gaps, n={gaps.n}{' (sampled pairs)' if gaps.sampled else ''}")
-    if gaps.bench_gaps.size:
-        ax.legend(fontsize="small")
-    return _save(fig, path)
-
-
-def plot_scatter(
-    bench_acc: Mapping[str, float],
-    new_acc: Mapping[str, float],
-    path: str | Path,
-    *,
-    top_k: float = 10,
-    title: str = "",
-) -> Path:
-    """New vs benchmark accuracy, the identity line, and the benchmark's top ``top_k`` % highlighted."""
-    archs, b, y = _common(bench_acc, new_acc)
-    fig, ax = _figure()
-    top = np.array(_ranked(archs, b)[: _top_count(len(b), top_k)], dtype=int)
-    ax.scatter(b, y, s=10, alpha=0.6, label="architectures")
-    if len(b):
-        ax.scatter(b[top], y[top], s=14, color="tab:red", label=f"benchmark top {top_k:g}%")
-        lim = [min(b.min(), y.min()), max(b.max(), y.max())]
-        ax.plot(lim, lim, color="gray", lw=1, label="new = benchmark")
-        ax.legend(fontsize="small")
-    ax.set_xlabel("benchmark accuracy (%)")
-    ax.set_ylabel("new accuracy (%)")
-    ax.set_title(title or f"New vs benchmark accuracy (n={len(b)})")
-    return _save(fig, path)
-
-
-def _figure(width: float = 7):  # matplotlib imported lazily, without pyplot's global state or backend switching
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, 4.5), layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
-    return path
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -459,7 +381,7 @@ def ranking_report(
     out_dir: str | Path | None = None,
 ) -> dict:
     """Everything above for one dataset as strict JSON; with ``out_dir``, the three plots too (paths listed)."""
-    archs, _, _ = _common(bench_acc, new_acc)
+    archs, _, _ = paired_accuracies(bench_acc, new_acc)
     topk = {
         sel: topk_correlations(bench_acc, new_acc, ks=ks, select_by=sel, bench_seeds=bench_seeds,
                                n_boot=n_boot, seed=seed, ci=ci)
@@ -481,7 +403,8 @@ def ranking_report(
             "ks": list(ks),
         },
         "topk": {sel: [t.to_dict() for t in rows] for sel, rows in topk.items()},
-        "delta": {"mean": _json(delta.mean), "ci": [_json(delta.ci_low), _json(delta.ci_high)], "n": delta.n},
+        "delta": {"mean": finite_or_none(delta.mean),
+                  "ci": [finite_or_none(delta.ci_low), finite_or_none(delta.ci_high)], "n": delta.n},
         "gaps": gaps.to_dict(),
     }
     if out_dir is not None:
@@ -489,10 +412,10 @@ def ranking_report(
         stem = f"{dataset}_" if dataset else ""
         label = f" ({dataset})" if dataset else ""
         report["plots"] = {
-            "topk": str(plot_topk(topk, out / f"{stem}topk.png", title=f"Top-K% rank agreement{label}")),
-            "gaps": str(plot_gaps(gaps, out / f"{stem}gaps.png", title=f"Pairwise accuracy gaps{label}")),
-            "scatter": str(plot_scatter(bench_acc, new_acc, out / f"{stem}scatter.png",
-                                        title=f"New vs benchmark accuracy{label}")),
+            "topk": str(plots.plot_topk(topk, out / f"{stem}topk.png", title=f"Top-K% rank agreement{label}")),
+            "gaps": str(plots.plot_gaps(gaps, out / f"{stem}gaps.png", title=f"Pairwise accuracy gaps{label}")),
+            "scatter": str(plots.plot_scatter(bench_acc, new_acc, out / f"{stem}scatter.png",
+                                              title=f"New vs benchmark accuracy{label}")),
         }
     return report
 
@@ -500,12 +423,15 @@ def ranking_report(
 # --- helpers --------------------------------------------------------------------------------------------------
 
 
-def _common(bench_acc: Mapping[str, float], new_acc: Mapping[str, float]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Architectures in both mappings (sorted keys) and their accuracies; non-finite values are refused."""
+def paired_accuracies(
+    bench_acc: Mapping[str, float], new_acc: Mapping[str, float]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Architectures in both mappings (sorted keys) and their benchmark and new accuracies; non-finite values
+    are refused."""
     archs = sorted(set(bench_acc) & set(new_acc))
     b = np.array([float(bench_acc[a]) for a in archs], dtype=float)
     y = np.array([float(new_acc[a]) for a in archs], dtype=float)
-    bad = [a for a, u, v in zip(archs, b, y) if not (math.isfinite(u) and math.isfinite(v))]
+    bad = [a for a, u, v in zip(archs, b, y, strict=True) if not (math.isfinite(u) and math.isfinite(v))]
     if bad:
         raise ConfigError(
             f"non-finite accuracy for {len(bad)} architecture(s), e.g. {bad[0]!r}: drop or fix them first"
@@ -527,6 +453,3 @@ def _check_boot(n_boot: int, ci: float) -> None:
     if not 0 < ci < 1:
         raise ConfigError(f"ci={ci!r} must be a confidence level in (0, 1), e.g. 0.95")
 
-
-def _json(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)

@@ -13,12 +13,10 @@ from scipy import stats
 
 from ahps_core.benchmarks import DATASETS, open_benchmark
 from ahps_core.errors import ConfigError
+from ahps_core.plots import plot_gaps, plot_scatter, plot_topk
 from ahps_core.ranking import (
     accuracy_delta,
     pairwise_gaps,
-    plot_gaps,
-    plot_scatter,
-    plot_topk,
     ranking_report,
     top_set,
     topk_correlations,
@@ -32,9 +30,10 @@ def synthetic(n=60, seed=0):
     rng = np.random.default_rng(seed)
     true = rng.normal(70, 5, n)
     archs = [f"a{i:03d}" for i in range(n)]
-    seeds = {a: {s: round(float(t + rng.normal(0, 1)), 2) for s in (777, 888, 999)} for a, t in zip(archs, true)}
+    seeds = {a: {s: round(float(t + rng.normal(0, 1)), 2) for s in (777, 888, 999)}
+             for a, t in zip(archs, true, strict=True)}
     bench = {a: round(float(np.mean(list(v.values()))), 2) for a, v in seeds.items()}
-    new = {a: round(float(t + rng.normal(0.5, 1.5)), 2) for a, t in zip(archs, true)}
+    new = {a: round(float(t + rng.normal(0.5, 1.5)), 2) for a, t in zip(archs, true, strict=True)}
     return bench, new, seeds
 
 
