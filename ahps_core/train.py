@@ -1,12 +1,10 @@
-"""The training engine: one architecture x one recipe x one seed.
+"""The training engine: one architecture x one preset x one seed.
 
 ``train(TrainConfig(...))`` trains with SGD (momentum, Nesterov, weight decay; one global learning rate for all
 parameters, as the reference experiments) under a constant or cosine schedule with optional linear warmup, and
 returns a :class:`TrainResult` with the per-epoch history (train loss/accuracy, eval loss/accuracy, LR, seconds).
-
-Recipes (:data:`RECIPES`): ``nb201`` is NAS-Bench-201's (batch 256, LR 0.1, momentum 0.9, Nesterov, weight
-decay 5e-4, cosine to 0, 200 epochs, the dataset's crop+flip augmentation); ``probe`` is the LR probe of the
-base-LR search (plain SGD, constant LR, no augmentation, no evaluation, the paper's one epoch).
+Named presets of :class:`TrainConfig` (NAS-Bench-201's recipe, the LR probe, the reference experiments' plain
+SGD) are in :mod:`ahps_core.presets`.
 
 Schedule: the LR is set before every step from the global step ``s`` (``S`` steps in all, ``W`` warmup steps):
 ``lr * (s + 1) / W`` while ``s < W``, then ``lr`` (``constant``) or ``lr * (1 + cos(pi * (s - W) / (S - W))) / 2``
@@ -20,16 +18,16 @@ pinned host memory with ``non_blocking=True`` behind a CUDA event, and read at t
 has completed (so a divergence stops the run at most ~2K steps late); at the end of every epoch the accumulated
 metrics are read once anyway, which is the definitive check.
 
-Checkpoints: with ``checkpoint_dir``, ``checkpoint.pt`` is written atomically (``*.tmp`` then ``os.replace``)
+Checkpoints (:mod:`ahps_core.checkpoint`): with ``checkpoint_dir``, ``checkpoint.pt`` is written atomically
 after every epoch with the model, optimizer and RNG states, the history and a hash of the configuration. A run
 started on a directory holding a checkpoint of the same configuration resumes from it and ends with the same
 metrics and weights as an uninterrupted run (bit for bit on CPU: the data order of epoch ``e`` depends only on
 ``(seed, e)``, see :class:`ahps_core.data.DeviceLoader`). A finished run writes ``result.json``; starting it
 again returns that result without training. A checkpoint of a *different* configuration is an error.
 
-Speed (CUDA): bf16 autocast, channels_last for convolutional models, device-resident data, metrics accumulated
-on the device and read once per epoch. CPU: channels_last for convolutional models (about 3x NCHW); bf16
-autocast only when asked (``amp="bf16"``), as it changes numerics.
+Speed (:mod:`ahps_core.runtime`; CUDA): bf16 autocast, channels_last for convolutional models, device-resident
+data, metrics accumulated on the device and read once per epoch. CPU: channels_last for convolutional models
+(about 3x NCHW); bf16 autocast only when asked (``amp="bf16"``), as it changes numerics.
 
 This module never imports mlflow: ``callback(epoch_record)`` is the hook the tracking adapter uses.
 """
@@ -37,38 +35,54 @@ This module never imports mlflow: ``callback(epoch_record)`` is the hook the tra
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
-import os
-import random
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ahps_core.checkpoint import (
+    get_rng_state,
+    read_checkpoint,
+    read_result,
+    set_rng_state,
+    write_checkpoint,
+    write_result,
+)
+from ahps_core.checks import check_choice, check_int, check_lr, is_number
 from ahps_core.errors import ConfigError, DataError
+from ahps_core.jsonio import json_restore, json_safe, stable_hash
+from ahps_core.runtime import (
+    AMP_MODES,
+    CHANNELS_LAST_MODES,
+    DEVICES,
+    GpuDivergenceWatch,
+    autocast,
+    evaluate,
+    input_shape,
+    make_eval_loader,
+    make_train_loader,
+    resolve_amp,
+    resolve_channels_last,
+    resolve_device,
+    want_progress,
+)
 from ahps_core.scaling import DEGREE_RULES
 
+if TYPE_CHECKING:
+    from ahps_core.data import DatasetSplit
+
 SCHEDULES = ("cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "bf16", "off")
-CHANNELS_LAST_MODES = ("auto", "on", "off")
 INITS = ("arch-aware", "default")
 DEGREES = DEGREE_RULES
 FAMILIES = ("mlp", "cnn", "nb201")
-
-CHECKPOINT_NAME = "checkpoint.pt"
-RESULT_NAME = "result.json"
-EVAL_BATCH = 1024
 
 #: Fields that do not change what a run computes (excluded from the configuration hash).
 _HASH_EXCLUDED = frozenset({"checkpoint_dir", "data_root", "divergence_check_every"})
@@ -78,7 +92,7 @@ _HASH_EXCLUDED = frozenset({"checkpoint_dir", "data_root", "divergence_check_eve
 class TrainConfig:
     """Everything that defines one training run (see the module docstring for the semantics).
 
-    ``arch`` is any spec :func:`ahps_core.graph.parse_arch` accepts for ``family``. ``width`` applies to
+    ``arch`` is any spec :func:`ahps_core.specs.parse_arch` accepts for ``family``. ``width`` applies to
     mlp/cnn (None: the model's default), ``C``/``N`` to nb201. ``augment`` None: the dataset's augmentation
     (crop+flip for CIFAR/ImageNet16, none for digits). ``max_steps_per_epoch`` truncates every epoch (the
     paper's truncated LR probe). ``eval_every`` 0 never evaluates; otherwise every that many epochs and at the
@@ -116,30 +130,30 @@ class TrainConfig:
 
     def validated(self) -> TrainConfig:
         """Return ``self`` after checking every field; raises :class:`ConfigError` naming the bad value."""
-        _choice("family", self.family, FAMILIES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("device", self.device, DEVICES)
-        _choice("amp", self.amp, AMP_MODES)
-        _choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
-        _choice("init", self.init, INITS)
-        _choice("degree", self.degree, DEGREES)
+        check_choice("family", self.family, FAMILIES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("device", self.device, DEVICES)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
+        check_choice("init", self.init, INITS)
+        check_choice("degree", self.degree, DEGREES)
         check_lr(self.lr)
-        _int("epochs", self.epochs, 1)
-        _int("batch_size", self.batch_size, 1)
-        _int("seed", self.seed, 0)
-        _int("C", self.C, 1)
-        _int("N", self.N, 1)
-        _int("eval_every", self.eval_every, 0)
-        _int("divergence_check_every", self.divergence_check_every, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
+        check_int("C", self.C, 1)
+        check_int("N", self.N, 1)
+        check_int("eval_every", self.eval_every, 0)
+        check_int("divergence_check_every", self.divergence_check_every, 1)
         if self.width is not None:
-            _int("width", self.width, 1)
+            check_int("width", self.width, 1)
         if self.kernel_size is not None:
-            _int("kernel_size", self.kernel_size, 1)
+            check_int("kernel_size", self.kernel_size, 1)
         if self.max_steps_per_epoch is not None:
-            _int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
+            check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
         for name in ("momentum", "weight_decay", "warmup_epochs"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not is_number(value) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} {value!r} must be a finite number >= 0")
         if self.momentum >= 1:
             raise ConfigError(f"momentum {self.momentum!r} must be < 1")
@@ -170,33 +184,7 @@ class TrainConfig:
         payload = {k: v for k, v in self.to_dict().items() if k not in _HASH_EXCLUDED}
         if extra:
             payload["_extra"] = dict(extra)
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-#: Preset overrides of :class:`TrainConfig`; apply with :func:`recipe_config`.
-RECIPES: dict[str, dict[str, Any]] = {
-    # NAS-Bench-201's recipe (Dong & Yang 2020; papers.md 1.7): the dataset's crop+flip augmentation.
-    "nb201": dict(
-        epochs=200, batch_size=256, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="cosine", warmup_epochs=0.0, augment=None, eval_every=1,
-    ),
-    # The LR probe (papers.md 1.6 / A8): plain SGD at a constant LR, the paper's one epoch, the reference
-    # code's batch 128, no augmentation, no evaluation. lr_search.default_budget adapts epochs/batch per dataset.
-    "probe": dict(
-        epochs=1, batch_size=128, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
-        warmup_epochs=0.0, augment=False, eval_every=0,
-    ),
-}
-
-
-def recipe_config(recipe: str, **overrides: Any) -> TrainConfig:
-    """``TrainConfig`` with ``RECIPES[recipe]`` applied, then ``overrides`` (``None`` overrides are ignored)."""
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}: accepted are {', '.join(RECIPES)}")
-    values = dict(RECIPES[recipe])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(values)
+        return stable_hash(payload)
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -239,11 +227,11 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A strict-JSON dict: non-finite floats become the strings ``"inf"``/``"-inf"``/``"nan"``."""
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainResult:
-        return cls(**_json_restore(dict(data)))
+        return cls(**json_restore(dict(data)))
 
 
 # --- schedule ------------------------------------------------------------------------------------------------
@@ -267,89 +255,20 @@ def schedule_steps(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]
     return total, min(warmup, total)
 
 
-# --- device, precision, layout -------------------------------------------------------------------------------
+# --- model and optimizer -------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> torch.device:
-    _choice("device", device, DEVICES)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; accepted here: auto, cpu")
-    return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - very old or unusual builds
-        return False
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU exposes AMX tiles (where bf16 autocast is a large win, performance.md 6: 1.8x).
-    Without AMX (AVX512-BF16 only) bf16 convs measured *slower* than fp32 here (52 vs 75 img/s)."""
-    try:
-        if torch._C._cpu._init_amx():
-            return True
-    except (AttributeError, RuntimeError):
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (``torch.bfloat16``) or None for fp32. ``auto``: bf16 on CUDA, fp32 on CPU."""
-    _choice("amp", amp, AMP_MODES)
-    if amp == "off":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if amp == "auto":
-        return None
-    if not cpu_supports_bf16():
-        warnings.warn("bf16 autocast requested but this CPU has no native bf16: training in fp32", stacklevel=3)
-        return None
-    return torch.bfloat16
-
-
-def is_convolutional(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def resolve_channels_last(mode: str, model: nn.Module) -> bool:
-    """``auto``: channels_last for convolutional models (on CPU and GPU), NCHW otherwise."""
-    _choice("channels_last", mode, CHANNELS_LAST_MODES)
-    if mode == "auto":
-        return is_convolutional(model)
-    return mode == "on"
-
-
-# --- model and data ------------------------------------------------------------------------------------------
-
-
-def load_data(config: TrainConfig):
+def load_data(config: TrainConfig) -> DatasetSplit:
     """The :class:`ahps_core.data.DatasetSplit` of ``config`` (its dataset and data root)."""
     from ahps_core.data import load_dataset
 
     return load_dataset(config.dataset, config.data_root)
 
 
-def input_shape(data) -> tuple[int, int, int]:
-    return tuple(int(d) for d in data.train.images.shape[1:])  # type: ignore[return-value]
-
-
-def build_config_model(config: TrainConfig, data) -> nn.Module:
+def build_config_model(config: TrainConfig, data: DatasetSplit) -> nn.Module:
     """The model ``config`` describes (architecture, width, init), initialized from ``config.seed``."""
-    from ahps_core.graph import parse_arch
     from ahps_core.models import build_model
+    from ahps_core.specs import parse_arch
 
     graph = parse_arch(config.arch, config.family, kernel_size=config.kernel_size)
     if graph.family != config.family:
@@ -360,30 +279,6 @@ def build_config_model(config: TrainConfig, data) -> nn.Module:
         width=config.width if config.family != "nb201" else None, C=config.C, N=config.N, init=config.init,
         degree=config.degree, kernel_size=config.kernel_size if config.family == "cnn" else None,
         generator=generator,
-    )
-
-
-def make_train_loader(config: TrainConfig, data, device: torch.device, channels_last: bool):
-    from ahps_core.data import DeviceLoader
-
-    augment = data.augment if config.augment is None else (config.augment and data.augment)
-    part = data.train
-    if config.drop_last and len(part) < config.batch_size:
-        raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(part)} training images with drop_last")
-    return DeviceLoader(
-        part.images, part.labels, min(config.batch_size, len(part)), device, mean=data.mean, std=data.std,
-        augment=augment, pad=data.pad, flip=data.flip, shuffle=True, drop_last=config.drop_last, seed=config.seed,
-        channels_last=channels_last,
-    )
-
-
-def make_eval_loader(data, device: torch.device, channels_last: bool):
-    from ahps_core.data import DeviceLoader
-
-    part = data.eval
-    return DeviceLoader(
-        part.images, part.labels, min(EVAL_BATCH, max(len(part), 1)), device, mean=data.mean, std=data.std,
-        augment=False, shuffle=False, channels_last=channels_last,
     )
 
 
@@ -398,76 +293,17 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 def model_signature(model: nn.Module) -> dict[str, Any]:
     """Class and parameter/buffer shapes of ``model`` (part of the checkpoint hash of a caller-given model)."""
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    text = json.dumps(shapes, sort_keys=True)
-    return {"class": type(model).__name__, "state": hashlib.sha256(text.encode()).hexdigest()[:16]}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """``(mean cross-entropy, accuracy)`` of ``model`` over ``loader``; one host read at the end."""
-    was_training = model.training
-    model.eval()
-    device = loader.device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    n = 0
-    for x, y in loader.epoch(0):
-        with _autocast(device, amp_dtype):
-            out = model(x)
-        out = out.float()
-        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum()
-        n += y.shape[0]
-    model.train(was_training)
-    if n == 0:
-        return math.nan, math.nan
-    return float(loss_sum) / n, float(correct) / n
+    return {"class": type(model).__name__, "state": stable_hash(shapes)}
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
-
-
-class _GpuDivergenceWatch:
-    """Non-blocking finiteness check of a device scalar on CUDA (see the module docstring)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.flag = torch.zeros((), dtype=torch.bool, pin_memory=True)
-        self.event: torch.cuda.Event | None = None
-        self.device = device
-
-    def poll(self, value: torch.Tensor) -> bool:
-        """True when a previously issued check has completed and found a non-finite value; then issue anew."""
-        bad = False
-        if self.event is not None and self.event.query():
-            bad = bool(self.flag)
-            self.event = None
-        if self.event is None and not bad:
-            self.flag.copy_(~torch.isfinite(value), non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        return bad
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-def _want_progress(progress: bool | None) -> bool:
-    if progress is not None:
-        return progress
-    if os.environ.get("AHPS_PROGRESS", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def train(
     config: TrainConfig,
     *,
     model: nn.Module | None = None,
-    data=None,
+    data: DatasetSplit | None = None,
     progress: bool | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
@@ -489,7 +325,7 @@ def train(
     model = model.to(device)
     channels_last = resolve_channels_last(config.channels_last, model)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     amp_dtype = resolve_amp(config.amp, device)
     model.train()
 
@@ -504,7 +340,7 @@ def train(
     optimizer = make_optimizer(model, config)
     num_params = sum(p.numel() for p in model.parameters())
 
-    extra = {"data": data.name, "train_images": len(data.train)}
+    extra: dict[str, Any] = {"data": data.name, "train_images": len(data.train)}
     if custom_model:
         extra["model"] = model_signature(model)
     config_hash = config.hash(extra)
@@ -515,14 +351,14 @@ def train(
     train_seconds = 0.0
     train_images = 0
     if ckpt_dir is not None:
-        finished = _read_result(ckpt_dir, config_hash)
+        finished = read_result(ckpt_dir, config_hash)
         if finished is not None:
-            return finished
-        state = _read_checkpoint(ckpt_dir, config_hash, device)
+            return TrainResult.from_dict(finished)
+        state = read_checkpoint(ckpt_dir, config_hash, device)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             history = list(state["history"])
             start_epoch = int(state["epoch"])
             train_seconds = float(state["train_seconds"])
@@ -531,10 +367,10 @@ def train(
 
     if start_epoch == 0:
         torch.manual_seed(config.seed)  # only matters for stochastic layers; data order is the loader's
-    watch = _GpuDivergenceWatch(device) if device.type == "cuda" else None
+    watch = GpuDivergenceWatch(device) if device.type == "cuda" else None
     check_every = config.divergence_check_every
     bar = None
-    if _want_progress(progress):
+    if want_progress(progress):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"train {config.arch}",
@@ -556,7 +392,7 @@ def train(
                            warmup_steps=warmup_steps, schedule=config.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with _autocast(device, amp_dtype):
+                with autocast(device, amp_dtype):
                     out = model(x)
                 loss = F.cross_entropy(out.float(), y)
                 if watch is None and not math.isfinite(loss.item()):  # CPU: checked every step, before the update
@@ -597,9 +433,9 @@ def train(
             if bar is not None:
                 bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.3f}", refresh=False)
             if ckpt_dir is not None:
-                _write_checkpoint(ckpt_dir, {
+                write_checkpoint(ckpt_dir, {
                     "config_hash": config_hash, "config": config.to_dict(), "epoch": epoch + 1,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _get_rng_state(),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": get_rng_state(),
                     "history": history, "train_seconds": train_seconds, "train_images": train_images,
                 })
             if callback is not None:
@@ -621,123 +457,5 @@ def train(
         resumed_from=resumed_from, diverged_at=diverged_at,
     )
     if ckpt_dir is not None:
-        _write_json_atomic(ckpt_dir / RESULT_NAME, {"config_hash": config_hash, "result": result.to_dict()})
+        write_result(ckpt_dir, config_hash, result.to_dict())
     return result
-
-
-# --- checkpoints ---------------------------------------------------------------------------------------------
-
-
-def _write_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _read_checkpoint(directory: Path, config_hash: str, device: torch.device) -> dict[str, Any] | None:
-    path = directory / CHECKPOINT_NAME
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # a torn or foreign file
-        raise DataError(f"checkpoint {path} cannot be read ({exc}); delete it to start over") from None
-    if state.get("config_hash") != config_hash:
-        raise ConfigError(
-            f"checkpoint dir {directory} holds a run of a different configuration (hash "
-            f"{state.get('config_hash')}, this run {config_hash}); use another checkpoint dir or delete it"
-        )
-    return state
-
-
-def _read_result(directory: Path, config_hash: str) -> TrainResult | None:
-    path = directory / RESULT_NAME
-    if not path.exists():
-        return None
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if payload.get("config_hash") != config_hash:
-        raise ConfigError(
-            f"checkpoint dir {directory} holds a finished run of a different configuration (hash "
-            f"{payload.get('config_hash')}, this run {config_hash}); use another checkpoint dir or delete it"
-        )
-    return TrainResult.from_dict(payload["result"])
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _get_rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-# --- small helpers -------------------------------------------------------------------------------------------
-
-
-def check_lr(lr: object, what: str = "learning rate") -> float:
-    if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:  # type: ignore[arg-type]
-        raise ConfigError(f"{what} {lr!r} must be a finite number > 0")
-    return float(lr)  # type: ignore[arg-type]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} {value!r} must be an integer >= {minimum}")
-
-
-def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ConfigError(f"unknown {name} {value!r}: accepted are {', '.join(accepted)}")
-
-
-_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by ``"inf"``/``"-inf"``/``"nan"`` (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _json_restore(value: Any) -> Any:
-    """Inverse of :func:`_json_safe` for the metric fields."""
-    if isinstance(value, str) and value in _NONFINITE:
-        return _NONFINITE[value]
-    if isinstance(value, dict):
-        return {k: _json_restore(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_restore(v) for v in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -19,7 +19,6 @@ targets already measured. The report is written to ``validate.json`` and the plo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,11 +26,17 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ahps_core.errors import AhpsError, ConfigError, NoPathError
+from ahps_core.checks import check_choices, check_int
+from ahps_core.errors import AhpsError, ConfigError, DivergedError, NoPathError
+from ahps_core.jsonio import json_safe, stable_hash, write_json
+
+if TYPE_CHECKING:
+    from ahps_core.data import DatasetSplit
+    from ahps_core.presets import ProbeBudget
 
 MEASUREMENTS_NAME = "measurements.jsonl"
 REPORT_NAME = "validate.json"
@@ -45,8 +50,7 @@ DEFAULT_CONVENTIONS = ("reference",)
 
 def depth_chain(depth: int) -> str:
     """The DAG code of a plain chain with ``depth`` hidden layers: 1 -> ``1``, 2 -> ``2``, 3 -> ``2_02``, ..."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ConfigError(f"depth {depth!r} must be an integer >= 1 (the number of hidden layers)")
+    check_int("depth", depth, 1)
     if depth == 1:
         return "1"
     return "_".join(["2"] + ["0" * (i - 1) + "2" for i in range(2, depth)])
@@ -55,8 +59,8 @@ def depth_chain(depth: int) -> str:
 def sample_archs(family: str, n: int, seed: int = 0) -> list[str]:
     """``n`` distinct random specs of ``family`` (uniform over 5-vertex DAG codes for mlp/cnn, over cells for
     nb201), drawn with ``random.Random(seed)``. Some may have no input->output path (they are skipped)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"sample size {n!r} must be an integer >= 1")
+    check_int("sample size", n, 1)
+    sizes: tuple[int, ...]
     if family in ("mlp", "cnn"):
         alphabet, sizes, space = "012", (1, 2, 3, 4), 3 ** 10
     elif family == "nb201":
@@ -136,10 +140,6 @@ def fit_log(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, 
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def _measure_key(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _load_measurements(path: Path) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
@@ -174,10 +174,10 @@ def validate(
     rules: Sequence[str] = DEFAULT_RULES,
     conventions: Sequence[str] = DEFAULT_CONVENTIONS,
     data_root: str | None = None,
-    data=None,
+    data: DatasetSplit | None = None,
     grid: Sequence[float] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
-    budget=None,
+    budget: ProbeBudget | None = None,
     width: int | None = None,
     C: int = 16,
     N: int = 5,
@@ -190,7 +190,7 @@ def validate(
     out_dir: str | os.PathLike[str] | None = None,
     plot: bool = True,
     progress: bool | None = None,
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every target's maximal LR, transfer the proxy's, and compare (module docstring).
 
@@ -200,25 +200,27 @@ def validate(
     ``log``: a callable receiving one human-readable line per finished target (default: nothing).
     """
     from ahps_core import lr_search as ls
-    from ahps_core.graph import parse_arch
     from ahps_core.models import proxy_graph
+    from ahps_core.presets import default_budget, default_width
+    from ahps_core.runtime import want_progress
     from ahps_core.scaling import CONVENTIONS, RULES, Transferer
+    from ahps_core.specs import parse_arch
 
     started = time.perf_counter()
     ls.check_family(family)
-    rules = _choices("rule", rules, RULES)
-    conventions = _choices("convention", conventions, CONVENTIONS)
+    rules = check_choices("rule", rules, RULES)
+    conventions = check_choices("convention", conventions, CONVENTIONS)
     if not targets:
         raise ConfigError("no target architectures to validate")
     grid = ls.check_grid(ls.default_grid() if grid is None else grid)
-    seeds = ls._check_seeds(seeds)
+    seeds = ls.check_seeds(seeds)
     stride = ls.DEFAULT_COARSE_STRIDE if coarse_stride is None else coarse_stride
     if data is None:
         from ahps_core.data import load_dataset
 
         data = load_dataset(dataset, data_root)
-    budget = budget or ls.default_budget(dataset)
-    width = width if width is not None else ls.default_width(family, dataset)
+    budget = budget or default_budget(dataset)
+    width = width if width is not None else default_width(family, dataset)
     out = Path(out_dir) if out_dir is not None else None
     jsonl = out / MEASUREMENTS_NAME if out is not None else None
     done = _load_measurements(jsonl) if jsonl is not None else {}
@@ -237,12 +239,9 @@ def validate(
             canonical = graph.spec
         except NoPathError as exc:
             return {"arch": spec, "role": role, "status": "skipped", "reason": str(exc)}
-        key = _measure_key({**common, "arch": canonical, "kernel": sorted(graph.weight_kernels)})
+        key = stable_hash({**common, "arch": canonical, "kernel": sorted(graph.weight_kernels)})
         if key in done:
-            rec = dict(done[key])
-            rec["role"] = role
-            rec["resumed"] = True
-            return rec
+            return {**done[key], "role": role, "resumed": True}
         rec: dict[str, Any] = {"key": key, "arch": canonical, "role": role}
         try:
             factory = ls.arch_factory(graph, data, width=width, C=C, N=N, init=init, kernel_size=kernel_size)
@@ -254,11 +253,7 @@ def validate(
                 )
             rec.update(status="ok", lr=res.best_lr, at_edge=res.at_edge, runs_used=res.runs_used,
                        search=res.to_dict())
-        except NoPathError as exc:
-            rec.update(status="skipped", reason=str(exc))
-        except ConfigError as exc:
-            if "diverged" not in str(exc):
-                raise
+        except (NoPathError, DivergedError) as exc:
             rec.update(status="skipped", reason=str(exc))
         rec["seconds"] = time.perf_counter() - t0
         if jsonl is not None:
@@ -267,7 +262,7 @@ def validate(
         return rec
 
     bar = None
-    if ls._want_progress(progress):
+    if want_progress(progress):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(targets) + 1, desc="validate", unit="arch", file=sys.stderr, leave=False)
@@ -331,11 +326,10 @@ def validate(
 
         report["plot"] = str(plot_pred_vs_measured(report, out / PLOT_NAME))
     report["seconds"] = time.perf_counter() - started
+    report = json_safe(report)
     if out is not None:
-        from ahps_core.train import _write_json_atomic
-
-        _write_json_atomic(out / REPORT_NAME, _safe(report))
-    return _safe(report)
+        write_json(out / REPORT_NAME, report, encode=json_safe)
+    return report
 
 
 def _summary(rec: dict[str, Any]) -> dict[str, Any]:
@@ -352,19 +346,3 @@ def _line(rec: dict[str, Any]) -> str:
         edge = " [grid edge]" if rec.get("at_edge") else ""
         return f"{rec['role']:<6} {rec['arch']:<28} max LR {rec['lr']:.4g}{edge}{note}"
     return f"{rec.get('role', 'target'):<6} {rec['arch']:<28} skipped: {rec.get('reason')}"
-
-
-def _choices(what: str, values: Sequence[str], accepted: Sequence[str]) -> list[str]:
-    values = list(dict.fromkeys(values))
-    if not values:
-        raise ConfigError(f"no {what} given: accepted are {', '.join(accepted)}")
-    for v in values:
-        if v not in accepted:
-            raise ConfigError(f"unknown {what} {v!r}: accepted are {', '.join(accepted)}")
-    return values
-
-
-def _safe(report: dict[str, Any]) -> dict[str, Any]:
-    from ahps_core.train import _json_safe
-
-    return _json_safe(report)

@@ -182,27 +182,17 @@ def train_config(
 ):
     """The :class:`ahps_core.train.TrainConfig` of one training of the pipeline.
 
-    ``train_recipe``: a preset of :data:`ahps_core.train.RECIPES`; empty: the family's default -- NB201's recipe for
-    ``nb201``; for ``mlp``/``cnn`` the reference experiments' plain SGD at a constant LR with the batch size and
-    hidden width of the base-LR probe (:func:`ahps_core.lr_search.default_budget`/``default_width``), so the
-    transferred LR is used in the setting it was found in. ``0`` for batch_size/width/max_steps_per_epoch and the
+    ``train_recipe``: a preset of :data:`ahps_core.presets.PRESETS`; empty: the family's default
+    (:func:`ahps_core.presets.default_preset`) -- ``nb201`` for nb201; for ``mlp``/``cnn`` ``reference``, the
+    reference experiments' plain SGD at a constant LR with the batch size and hidden width of the base-LR probe,
+    so the transferred LR is used in the setting it was found in. ``0`` for batch_size/width/max_steps_per_epoch and the
     nb201 macro network's ``C``/``N``: the recipe's (TrainConfig's) value. Evaluation runs at least at the last
     epoch.
     """
-    from ahps_core.lr_search import default_budget, default_width
-    from ahps_core.train import RECIPES as TRAIN_RECIPES
+    from ahps_core.presets import default_preset, default_width, preset_values
     from ahps_core.train import TrainConfig
 
-    if train_recipe:
-        if train_recipe not in TRAIN_RECIPES:
-            raise ConfigError(f"unknown train_recipe {train_recipe!r}: accepted are {', '.join(TRAIN_RECIPES)} "
-                              "(or empty for the family's default)")
-        values = dict(TRAIN_RECIPES[train_recipe])
-    elif family == "nb201":
-        values = dict(TRAIN_RECIPES["nb201"])
-    else:
-        values = dict(batch_size=default_budget(dataset).batch_size, momentum=0.0, nesterov=False, weight_decay=0.0,
-                      schedule="constant", warmup_epochs=0.0, eval_every=1)
+    values = preset_values(train_recipe or default_preset(family), family=family, dataset=dataset)
     values.update(family=family, arch=arch, dataset=dataset, data_root=data_source or None, epochs=int(epochs),
                   lr=float(lr), init=init, seed=int(seed), device=device or "auto")
     if not values.get("eval_every"):
@@ -270,7 +260,7 @@ def find_base_lr_step(
     t0 = time.perf_counter()
     try:
         if given > 0:
-            from ahps_core.train import check_lr
+            from ahps_core.checks import check_lr
 
             summary = {"base_lr": check_lr(given, "base_lr"), "source": "given", "curve": [], "grid": []}
             log("find-base-lr", f"base LR given: {given:.6g} (no search)")

@@ -232,7 +232,7 @@ def validate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise ConfigError(f"lr_grid {p['lr_grid']!r} must hold finite learning rates > 0")
     if p["train_recipe"]:
-        from ahps_core.train import RECIPES
+        from ahps_core.presets import PRESETS as RECIPES
 
         _choice("train_recipe", p["train_recipe"], tuple(RECIPES))
     if p["dataset"] == "digits":

@@ -8,22 +8,20 @@ import random
 import pytest
 
 from ahps_core.data import load_dataset
-from ahps_core.errors import ConfigError, DataError
-from ahps_core.graph import parse_arch
+from ahps_core.errors import ConfigError, DataError, DivergedError
 from ahps_core.lr_search import (
     LRPoint,
     LRSearchResult,
-    ProbeBudget,
     arch_factory,
     check_grid,
-    default_budget,
     find_base_lr,
     find_max_lr,
     log_grid,
-    probe_sequential,
-    probe_stacked,
     search_grid,
 )
+from ahps_core.presets import ProbeBudget, default_budget
+from ahps_core.probe import probe_sequential, probe_stacked
+from ahps_core.specs import parse_arch
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +60,11 @@ def test_stacked_trainer_equals_separate_runs(digits, factory, budget):
 
 def test_stacked_trainer_masking_without_per_step_reads(digits, factory, monkeypatch):
     """The CUDA path (dead runs masked on the device, dropped at the epoch's end), exercised on CPU."""
-    import ahps_core.lr_search as ls
+    import ahps_core.probe
 
     lrs, seeds = [0.05, 1e8], [0, 1]
     want = probe_stacked(factory, digits, lrs, seeds, TINY)
-    monkeypatch.setattr(ls, "STEP_CHECK_DEVICES", ())
+    monkeypatch.setattr(ahps_core.probe, "STEP_CHECK_DEVICES", ())
     got = probe_stacked(factory, digits, lrs, seeds, TINY)
     assert got.keys() == want.keys()
     for key in want:
@@ -132,8 +130,9 @@ def test_divergent_runs_count_as_infinity():
 
     best, curve, at_edge = search_grid([0.1, 1.0, 10.0], evaluate)
     assert best == 1.0 and not at_edge and curve[-1].mean_loss == math.inf
-    with pytest.raises(ConfigError, match="diverged"):
+    with pytest.raises(DivergedError, match=r"every learning rate of the grid \[2, 3\] diverged") as info:
         search_grid([2.0, 3.0], evaluate)
+    assert isinstance(info.value, ConfigError)  # the user can fix it: exit code 2, one line
 
 
 def test_find_base_lr_on_digits_proxy(digits):

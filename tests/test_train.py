@@ -11,14 +11,21 @@ from torch import nn
 
 from ahps_core.data import load_dataset
 from ahps_core.errors import ConfigError
+from ahps_core.presets import (
+    PER_DATASET,
+    PRESETS,
+    default_budget,
+    default_preset,
+    default_width,
+    preset_values,
+    recipe_config,
+)
+from ahps_core.runtime import make_train_loader
 from ahps_core.train import (
-    RECIPES,
     TrainConfig,
     TrainResult,
     build_config_model,
     lr_at,
-    make_train_loader,
-    recipe_config,
     schedule_steps,
     train,
 )
@@ -65,7 +72,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, 
     assert _strip(resumed.history) == _strip(ref.history)
     assert resumed.final["train_loss"] == ref.final["train_loss"]
     assert resumed.final["eval_acc"] == ref.final["eval_acc"]
-    for (ka, a), (kb, b) in zip(ref_model.state_dict().items(), fresh.state_dict().items()):
+    for (ka, a), (kb, b) in zip(ref_model.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(a, b), ka
     # a finished run started again returns its result without training
     again = train(small(checkpoint_dir=str(ckpt)), model=build_config_model(small(), digits), data=digits)
@@ -146,12 +153,12 @@ def test_nesterov_and_weight_decay_match_torch_sgd(digits):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for a, b in zip(ours.parameters(), ref.parameters()):
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         assert torch.equal(a, b)
 
     plain = build_config_model(cfg, digits)
     train(cfg.replace(nesterov=False, weight_decay=0.0), model=plain, data=digits)
-    assert not all(torch.equal(a, b) for a, b in zip(ours.parameters(), plain.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(ours.parameters(), plain.parameters(), strict=True))
 
 
 def test_truncated_epochs_and_metrics(digits):
@@ -162,15 +169,37 @@ def test_truncated_epochs_and_metrics(digits):
     assert res.num_params > 0 and res.images_per_s > 0 and res.channels_last is False and res.amp == "off"
 
 
-def test_recipes():
+def test_presets():
     nb = recipe_config("nb201", lr=0.2)
     assert (nb.epochs, nb.batch_size, nb.lr, nb.momentum, nb.nesterov, nb.weight_decay, nb.schedule) == (
         200, 256, 0.2, 0.9, True, 5e-4, "cosine")
     probe = recipe_config("probe", lr=0.1)
     assert probe.momentum == 0 and probe.schedule == "constant" and probe.eval_every == 0
-    assert set(RECIPES) >= {"nb201", "probe"}
-    with pytest.raises(ConfigError, match="unknown recipe"):
+    assert set(PRESETS) == {"nb201", "probe", "reference"}
+    with pytest.raises(ConfigError, match="unknown recipe 'adam': accepted are nb201, probe, reference"):
         recipe_config("adam")
+    with pytest.raises(ConfigError, match="unknown preset 'adam'"):
+        preset_values("adam", family="mlp", dataset="digits")
+
+
+def test_every_family_default_is_a_named_preset_with_the_probe_setting():
+    """mlp/cnn train by default with ``reference``: plain SGD at a constant LR with the probe's batch size and
+    hidden width on the dataset (digits: batch 32, width 128; elsewhere batch 128 and the model's width)."""
+    assert {f: default_preset(f) for f in ("mlp", "cnn", "nb201")} == {"mlp": "reference", "cnn": "reference",
+                                                                         "nb201": "nb201"}
+    assert PRESETS["reference"]["batch_size"] == PRESETS["reference"]["width"] == PER_DATASET
+    digits = preset_values("reference", family="cnn", dataset="digits")
+    assert (digits["batch_size"], digits["width"]) == (default_budget("digits").batch_size, 128) == (32, 128)
+    cifar = preset_values("reference", family="mlp", dataset="cifar10")
+    assert (cifar["batch_size"], cifar["width"]) == (128, default_width("mlp", "cifar10")) == (128, None)
+    assert (cifar["momentum"], cifar["schedule"], cifar["eval_every"]) == (0.0, "constant", 1)
+    config = recipe_config("reference", family="mlp", dataset="digits", lr=0.3)
+    assert (config.batch_size, config.width, config.lr, config.nesterov) == (32, 128, 0.3, False)
+    assert preset_values("nb201", family="mlp", dataset="digits") == PRESETS["nb201"]  # nothing per dataset
+    for name in PRESETS:
+        TrainConfig.from_dict(preset_values(name, family="mlp", dataset="digits")).validated()
+    with pytest.raises(ConfigError, match="unknown family 'graph'"):
+        default_preset("graph")
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -4,7 +4,7 @@ Both loops train the same NAS-Bench-201 network (C=16, N=5, 10 classes; same ini
 recipe's optimizer (SGD, LR 0.1, momentum 0.9, Nesterov, weight decay 5e-4) on the same synthetic CIFAR-sized
 data (uint8 32x32x3, NB201's CIFAR-10 normalization, pad-4 crop + flip augmentation):
 
-* **naive** (performance.md G0, minus torchvision): fp32, NCHW, a ``torch.utils.data.DataLoader`` over a
+* **naive** (a textbook loop, without torchvision): fp32, NCHW, a ``torch.utils.data.DataLoader`` over a
   ``Dataset`` whose ``__getitem__`` pads, crops, flips and normalizes one image with torch ops on the CPU
   (``num_workers=0`` on CPU), and ``loss.item()`` after every step;
 * **ours**: :func:`ahps_core.train.train` itself: the device-resident :class:`~ahps_core.data.DeviceLoader`
@@ -84,8 +84,8 @@ class NaiveAugmentDataset(torch.utils.data.Dataset):
 
 
 def _nb201_model(spec: str, seed: int):
-    from ahps_core.graph import parse_arch
     from ahps_core.models import build_model
+    from ahps_core.specs import parse_arch
 
     return build_model(parse_arch(spec, "nb201"), num_classes=10, in_shape=(3, 32, 32),
                        generator=torch.Generator().manual_seed(seed))
@@ -129,7 +129,8 @@ def bench_arch(
     channels_last: str, seed: int = 0,
 ) -> dict[str, Any]:
     """Best-of-``repeats`` images/s of both loops on NB201 cell ``spec`` (module docstring)."""
-    from ahps_core.train import TrainConfig, resolve_amp, resolve_channels_last, resolve_device, train
+    from ahps_core.runtime import resolve_amp, resolve_channels_last, resolve_device
+    from ahps_core.train import TrainConfig, train
 
     dev = resolve_device(device)
     num_images = batch_size * max(steps, warmup, 1) + batch_size
@@ -183,7 +184,7 @@ def run_bench(
     device: str = "auto", amp: str = "auto-bf16", channels_last: str = "on", seed: int = 0,
 ) -> dict[str, Any]:
     """The whole benchmark: one row per architecture (``archs``: names of :data:`CELLS` or NB201 specs)."""
-    from ahps_core.train import cpu_has_amx, resolve_device
+    from ahps_core.runtime import cpu_has_amx, cpu_supports_bf16, resolve_device
 
     dev = resolve_device(device)
     if amp == "auto-bf16":  # what the machine gives: bf16 on CUDA and on AMX CPUs (AVX512-BF16 alone is slower)
@@ -200,8 +201,8 @@ def run_bench(
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
-        "cpu_bf16": _cpu_bf16(),
-        "cpu_amx": _cpu_amx(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "cpu_amx": cpu_has_amx(),
         "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
         "torch": torch.__version__,
         "rows": rows,
@@ -217,18 +218,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
-
-
-def _cpu_amx() -> bool:
-    from ahps_core.train import cpu_has_amx
-
-    return cpu_has_amx()
-
-
-def _cpu_bf16() -> bool:
-    from ahps_core.train import cpu_supports_bf16
-
-    return cpu_supports_bf16()
 
 
 @click.command("train")

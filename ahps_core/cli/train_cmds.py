@@ -9,12 +9,17 @@ one JSON document on stdout. Progress goes to stderr.
 from __future__ import annotations
 
 import json
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ahps_core.checks import check_lr
 from ahps_core.errors import ConfigError
+from ahps_core.jsonio import json_safe
+
+if TYPE_CHECKING:
+    from ahps_core.data import DatasetSplit
+    from ahps_core.presets import ProbeBudget
 
 family_opt = click.option("--family", required=True, help="Model family: mlp, cnn or nb201.")
 dataset_opt = click.option(
@@ -74,27 +79,26 @@ def _seeds(n: int) -> list[int]:
     return list(range(n))
 
 
-def _budget(dataset: str, epochs, batch_size, max_steps, device):
-    from ahps_core.lr_search import default_budget
+def _budget(dataset: str, epochs: int | None, batch_size: int | None, max_steps: int | None,
+            device: str) -> ProbeBudget:
+    from ahps_core.presets import default_budget
 
     return default_budget(dataset, epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps,
                           device=device)
 
 
-def _load(dataset: str, data_root: str | None):
+def _load(dataset: str, data_root: str | None) -> DatasetSplit:
     from ahps_core.data import load_dataset
 
     return load_dataset(dataset, data_root)
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:
+    """A table cell: ``-`` for None, non-finite floats as ``inf``/``-inf``/``nan`` (as in the JSON output)."""
     if v is None:
         return "-"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, float) and not math.isfinite(v):
-        return "inf" if v > 0 else ("nan" if math.isnan(v) else "-inf")
-    return format(v, spec)
+    v = json_safe(v)
+    return v if isinstance(v, str) else format(v, spec)
 
 
 def _echo_json(payload: Any) -> None:
@@ -220,7 +224,8 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
 @click.option("--base-lr", type=float, default=None, help="Base LR of the proxy: autoscale to this architecture.")
 @click.option("--rule", default="sum-cubed", show_default=True, help="Transfer rule of --base-lr.")
 @click.option("--convention", default="reference", show_default=True, help="Depth convention of --base-lr.")
-@click.option("--recipe", default="nb201", show_default=True, help="nb201 or probe (options below override it).")
+@click.option("--recipe", default="nb201", show_default=True,
+              help="Training preset: nb201, probe or reference (options below override it).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--momentum", type=float, default=None)
@@ -245,10 +250,11 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
 def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, recipe, epochs, batch_size, momentum,
               weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, degree, device, amp,
               max_steps, checkpoint_dir, progress, as_json) -> None:
-    """Train one architecture with a recipe, at a fixed or an autoscaled learning rate."""
-    from ahps_core.graph import parse_arch
+    """Train one architecture with a preset, at a fixed or an autoscaled learning rate."""
     from ahps_core.lr_search import check_family
-    from ahps_core.train import check_lr, recipe_config, train
+    from ahps_core.presets import recipe_config
+    from ahps_core.specs import parse_arch
+    from ahps_core.train import train
 
     check_family(family)
     if (lr is None) == (base_lr is None):
@@ -294,7 +300,7 @@ def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, r
         return
     if result.resumed_from:
         click.echo(f"(resumed after epoch {result.resumed_from} from {checkpoint_dir})")
-    if result.diverged:
+    if result.diverged_at is not None:
         click.echo(f"status diverged at epoch {result.diverged_at['epoch']}, step {result.diverged_at['step']} "
                    "(non-finite loss)")
     else:
