@@ -66,7 +66,7 @@ def check_choice(name: str, value: object, accepted: Iterable[str]) -> str:
     accepted = tuple(accepted)
     if value not in accepted:
         raise ConfigError(f"unknown {name} {value!r}: accepted are {', '.join(accepted)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_choices(name: str, values: Sequence[str], accepted: Iterable[str]) -> list[str]:

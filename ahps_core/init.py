@@ -1,6 +1,6 @@
 """Weight initialization: the architecture-aware scheme of Chen et al. and PyTorch's default.
 
-``arch-aware`` reproduces the reference code's ``critic_init_`` (papers.md §1.7, "Initialization"); every
+``arch-aware`` reproduces the reference code's ``critic_init_`` (docs/conventions.md §1.7, "Initialization"); every
 weight is drawn from ``N(0, std^2)``:
 
 * **hidden weight edges** (MLP/CNN DAG edges, NB201 cell convs): He fan-in divided by an in-degree,
@@ -9,9 +9,9 @@ weight is drawn from ``N(0, std^2)``:
   source's in-degree is the number of terms the layer reads), or of its *destination* (``degree="destination"``,
   Appendix A eq. 12), or the destination's in-degree corrected for the correlation of ReLU outputs
   (``degree="mean-field"``, ``d (1 + (d - 1)/pi)``: the one rule that keeps skip-free DAGs flat, see
-  :func:`ahps_core.scaling.init_plan`). In-degrees count live signal inputs (skips and pools included, zero edges excluded) and
-  the input vertex counts 1 (:meth:`ArchGraph.in_degree`). The reference uses ``fan_out`` mode for MLP/CNN
-  hidden edges; fan_out equals fan_in for these ``width -> width`` layers.
+  :func:`ahps_core.scaling.init_plan`). In-degrees count live signal inputs (skips and pools included, zero
+  edges excluded) and the input vertex counts 1 (:meth:`ArchGraph.in_degree`). The reference uses ``fan_out``
+  mode for MLP/CNN hidden edges; fan_out equals fan_in for these ``width -> width`` layers.
   The reference counts every non-zero edge, even from a vertex the input never reaches; we count only live ones
   (such an edge carries no signal and is not built, see :mod:`ahps_core.models.dag`).
 * **MLP/CNN stem**: the reference's ``fan_out`` mode with degree 1, ``Var = 2 / (width * k^2)`` (``k = 1`` for
@@ -32,13 +32,15 @@ RNG.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
+from ahps_core.checks import check_choice
 from ahps_core.errors import ConfigError
 from ahps_core.models.dag import DagNet
-from ahps_core.models.nb201 import InferCell, ResNetBasicblock, TinyNetwork
+from ahps_core.models.nb201 import InferCell, ReLUConvBN, ResNetBasicblock, TinyNetwork
 from ahps_core.scaling import DEGREE_RULES, init_plan
 
 INIT_SCHEMES = ("arch-aware", "default")
@@ -51,10 +53,8 @@ def initialize(
     model: nn.Module, scheme: str = "arch-aware", *, degree: str = "source", generator: torch.Generator | None = None
 ) -> nn.Module:
     """Initialize ``model`` (a :class:`DagNet` or :class:`TinyNetwork`) in place with ``scheme``; returns it."""
-    if scheme not in INIT_SCHEMES:
-        raise ConfigError(f"unknown init scheme {scheme!r}: accepted are {', '.join(INIT_SCHEMES)}")
-    if degree not in DEGREE_RULES:
-        raise ConfigError(f"unknown degree rule {degree!r}: accepted are {', '.join(DEGREE_RULES)}")
+    check_choice("init scheme", scheme, INIT_SCHEMES)
+    check_choice("degree rule", degree, DEGREE_RULES)
     if not isinstance(model, (DagNet, TinyNetwork)):
         raise ConfigError(
             f"cannot initialize a {type(model).__name__}: accepted are the models of ahps_core.models "
@@ -102,8 +102,16 @@ def pytorch_default_(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def _zero_bias(m: nn.Module) -> None:
-    if getattr(m, "bias", None) is not None:
-        m.bias.zero_()
+    bias = getattr(m, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        bias.zero_()
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    """The weight of a Linear or Conv2d ``m`` (typed: ``nn.Module`` attributes are not)."""
+    if not isinstance(m, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"expected a Linear or Conv2d, got {type(m).__name__}")
+    return m.weight
 
 
 def _init_dag(model: DagNet, degree: str, generator: torch.Generator | None) -> None:
@@ -111,9 +119,9 @@ def _init_dag(model: DagNet, degree: str, generator: torch.Generator | None) -> 
     stem = model.stem.weight
     he_normal_(stem, 1, fan=fan_out(stem), generator=generator)  # reference: 'fan_out' mode, degree 1
     _zero_bias(model.stem)
-    for layer, index in zip(model.layers, model.edge_index):
-        lin = layer[0]
-        he_normal_(lin.weight, plan[index].divisor, generator=generator)
+    for layer, index in zip(model.layers, model.edge_index, strict=True):
+        lin = cast(nn.Sequential, layer)[0]
+        he_normal_(_weight(lin), plan[index].divisor, generator=generator)
         _zero_bias(lin)
     model.readout.weight.normal_(0.0, 2.0 / model.num_classes, generator=generator)  # std = 2 / classes
     _zero_bias(model.readout)
@@ -121,16 +129,16 @@ def _init_dag(model: DagNet, degree: str, generator: torch.Generator | None) -> 
 
 def _init_nb201(model: TinyNetwork, degree: str, generator: torch.Generator | None) -> None:
     plan = {p.index: p for p in init_plan(model.graph, degree)}
-    he_normal_(model.stem[0].weight, 1, generator=generator)
+    he_normal_(_weight(model.stem[0]), 1, generator=generator)
     for cell in model.cells:
         if isinstance(cell, InferCell):
-            for layer, index in zip(cell.layers, cell.edge_index):
+            for layer, index in zip(cell.layers, cell.edge_index, strict=True):
                 if index in plan:  # conv ops; pools have no weights
-                    he_normal_(layer.conv.weight, plan[index].divisor, generator=generator)
+                    he_normal_(cast(ReLUConvBN, layer).conv.weight, plan[index].divisor, generator=generator)
         elif isinstance(cell, ResNetBasicblock):
             he_normal_(cell.conv_a.conv.weight, NB201_REDUCTION_DEGREES["conv_a"], generator=generator)
             he_normal_(cell.conv_b.conv.weight, NB201_REDUCTION_DEGREES["conv_b"], generator=generator)
-            he_normal_(cell.downsample[1].weight, NB201_REDUCTION_DEGREES["downsample"], generator=generator)
+            he_normal_(_weight(cell.downsample[1]), NB201_REDUCTION_DEGREES["downsample"], generator=generator)
     fc = model.classifier
     fc.weight.normal_(0.0, 2.0 / fan_in(fc.weight), generator=generator)  # std = 2 / fan_in
     _zero_bias(fc)

@@ -15,6 +15,7 @@ Pure Python (numpy only for the optional histogram).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ahps_core.errors import ArchSpecError, NoPathError
 from ahps_core.graph import ArchGraph, Op
@@ -34,8 +35,8 @@ class PathStats:
     collapsed: bool = False
     histogram: dict[int, int] | None = None
 
-    def to_dict(self) -> dict:
-        d = {
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
             "num_paths": self.num_paths,
             "sum_l": self.sum_l,
             "sum_l2": self.sum_l2,

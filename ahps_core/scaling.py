@@ -45,8 +45,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ahps_core.checks import check_choice, check_int, check_lr
 from ahps_core.errors import ConfigError
-from ahps_core.graph import ArchGraph, Edge, Op, parse_arch
+from ahps_core.graph import ArchGraph, Edge, Op
+from ahps_core.specs import parse_arch
 from ahps_core.paths import PathStats, effective_depth, path_stats
 
 RULES = ("sum-cubed", "effective-depth")
@@ -63,7 +65,7 @@ class DepthConvention:
 
 def depth_convention(graph: ArchGraph, convention: str = "reference") -> DepthConvention:
     """The path-depth convention for ``graph``'s family (see the module docstring's table)."""
-    _check_choice("convention", convention, CONVENTIONS)
+    check_choice("convention", convention, CONVENTIONS)
     fam = graph.family
     ref = convention == "reference"
     if fam == "mlp":
@@ -176,12 +178,6 @@ def sum_cubed_ratio(base_sum_l3: int, target_sum_l3: int) -> float:
     return math.exp(0.5 * (math.log(base_sum_l3) - math.log(target_sum_l3)))
 
 
-def check_lr(base_lr: float) -> float:
-    if not isinstance(base_lr, (int, float)) or isinstance(base_lr, bool) or not math.isfinite(base_lr) or base_lr <= 0:
-        raise ConfigError(f"base learning rate {base_lr!r} must be a finite number > 0")
-    return float(base_lr)
-
-
 class Transferer:
     """Transfers a base LR to many targets; the base network's statistics are computed once."""
 
@@ -196,12 +192,12 @@ class Transferer:
         kernel_size: int | None = None,
         base_kernel_size: int | None = None,
     ) -> None:
-        _check_choice("rule", rule, RULES)
-        _check_choice("convention", convention, CONVENTIONS)
+        check_choice("rule", rule, RULES)
+        check_choice("convention", convention, CONVENTIONS)
         for name, k in (("kernel size", kernel_size), ("base kernel size", base_kernel_size)):
-            if k is not None and (not isinstance(k, int) or k < 1):
-                raise ConfigError(f"{name} {k!r} must be a positive integer")
-        self.base_lr = check_lr(base_lr)
+            if k is not None:
+                check_int(name, k, 1)
+        self.base_lr = check_lr(base_lr, "base learning rate")
         self.rule = rule
         self.convention = convention
         self.kernel_size = kernel_size
@@ -233,6 +229,7 @@ class Transferer:
             eff = effective_depth(target, offset=conv.offset)
             if eff <= 0:
                 raise ConfigError(f"architecture {target.spec!r} has effective depth {eff} <= 0")
+            assert self.base_eff is not None  # computed in __init__ for this rule
             depth_factor = (self.base_eff / eff) ** 1.5
             kernel_factor = 1.0
         ratio = depth_factor * kernel_factor
@@ -296,7 +293,7 @@ def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
     moment (exactly, at large width). With skip edges no weight-variance rule can: a skip passes its source's
     value unchanged, so a vertex that adds anything to it holds more.
     """
-    _check_choice("degree rule", degree, DEGREE_RULES)
+    check_choice("degree rule", degree, DEGREE_RULES)
     plan = []
     for i, e in enumerate(graph.edges):
         if e.op is not Op.WEIGHT:
@@ -305,8 +302,3 @@ def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
         divisor = d * (1 + (d - 1) / math.pi) if degree == "mean-field" else float(d)
         plan.append(EdgeInit(i, e, d, divisor))
     return tuple(plan)
-
-
-def _check_choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ConfigError(f"unknown {what} {value!r}: accepted are {', '.join(accepted)}")

@@ -3,7 +3,7 @@
 Growing "ladder" DAGs (vertex i reads vertices i-1, i-2, i-3 through randomly typed weight/skip edges, so
 the number of input->output paths grows like the tribonacci numbers, ~1.84^n): for each size, the best-of-N
 time of the DP and of enumerating every path, and their ratio, until one enumeration takes about
-``--max-enum-seconds``. Then the 10,000-vertex / ~30,000-edge locally connected DAG of performance.md §6:
+``--max-enum-seconds``. Then a 10,000-vertex / ~30,000-edge locally connected DAG:
 exact moments, effective depth and the full length histogram by DP (enumeration is out of the question:
 ~e^500 paths).
 """
@@ -13,12 +13,20 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
+
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-from ahps_core.graph import ArchGraph, parse_arch
+from ahps_core.checks import check_int
+from ahps_core.graph import ArchGraph
+from ahps_core.specs import parse_arch
 from ahps_core.paths import effective_depth, enumerate_paths, length_histogram, path_stats
+
+T = TypeVar("T")
 
 
 def local_dag(n: int, *, seed: int = 0, max_pred: int = 5, window: int = 50, p_weight: float = 0.6) -> ArchGraph:
@@ -44,8 +52,10 @@ def ladder_dag(n: int, *, seed: int = 0, reach: int = 3, p_weight: float = 0.5) 
     return parse_arch({"nodes": names, "input": names[0], "output": names[-1], "edges": edges})
 
 
-def _best(fn, repeat: int, *args) -> tuple[float, object]:
-    best, out = math.inf, None
+def _best(fn: Callable[..., T], repeat: int, *args: Any) -> tuple[float, T]:
+    """The best time of ``repeat`` (>= 1) calls of ``fn(*args)``, and the last call's result."""
+    check_int("repeat", repeat, 1)
+    best = math.inf
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn(*args)
@@ -58,10 +68,10 @@ def _fresh(g: ArchGraph) -> ArchGraph:
     return ArchGraph(g.num_nodes, g.edges, g.family, g.spec, g.input, g.output, g.node_names, g.depth_offset)
 
 
-def run(max_enum_seconds: float = 10.0, big_nodes: int = 10_000, repeat: int = 3, seed: int = 0) -> dict:
-    rows = []
+def run(max_enum_seconds: float = 10.0, big_nodes: int = 10_000, repeat: int = 3, seed: int = 0) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
     n = 6
-    verbose = click.get_text_stream("stderr").isatty()
+    verbose = sys.stderr.isatty()
     while True:
         g = ladder_dag(n, seed=seed)
         dp_t, stats = _best(lambda graph: path_stats(_fresh(graph)), repeat, g)

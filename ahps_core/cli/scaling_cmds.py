@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import click
 
+from ahps_core.checks import check_lr
 from ahps_core.errors import AhpsError, ConfigError
-from ahps_core.graph import FAMILIES, ArchGraph, detect_family, parse_arch
-from ahps_core.scaling import CONVENTIONS, RULES, Transferer, check_lr, depth_stats
+from ahps_core.graph import FAMILIES, ArchGraph
+from ahps_core.specs import detect_family, parse_arch
+from ahps_core.scaling import CONVENTIONS, RULES, Transferer, depth_stats
 
 BATCH_ERROR_EXIT = 3
 
@@ -102,13 +104,13 @@ def _print_table(rows: list[dict], columns: list[tuple[str, str]], *, single: bo
     widths = [max([len(h)] + [len(r[i]) for r in ok]) for i, h in enumerate(header)]
     arch_w = max([widths[0]] + [len(str(rec["arch"])) for rec in rows])
     widths[0] = arch_w
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     body = iter(ok)
     for rec in rows:
         if "error" in rec:
             click.echo(f"{str(rec['arch']).ljust(arch_w)}  error: {rec['error']}")
         else:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(next(body), widths)).rstrip())
+            click.echo("  ".join(c.ljust(w) for c, w in zip(next(body), widths, strict=True)).rstrip())
 
 
 def _load_model_graph(ref: str) -> ArchGraph:
@@ -182,7 +184,7 @@ def lr_cmd(arch, base_lr, family, kernel_size, base_spec, base_kernel_size, rule
         return transferers[fam]
 
     # bad options are one error up front, not one per line of a batch
-    check_lr(base_lr)
+    check_lr(base_lr, "base learning rate")
     if base_family is not None:
         transferer(base_family)
 

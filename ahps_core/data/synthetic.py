@@ -37,7 +37,7 @@ _OLD_NUMPY_PATH = b"cnumpy.core.multiarray\n"
 
 
 # The pure-Python pickler: unlike the C one, its per-type ``dispatch`` table can be overridden.
-_PurePickler: Any = pickle._Pickler  # type: ignore[attr-defined]
+_PurePickler: Any = pickle._Pickler
 
 
 class _Py2Pickler(_PurePickler):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from ahps_core.checks import check_int
 from ahps_core.errors import ConfigError
 from ahps_core.graph import ArchGraph, Op
 from ahps_core.models.dag import DagNet
@@ -16,9 +19,9 @@ MODEL_FAMILIES = ("mlp", "cnn", "nb201")
 DEFAULT_WIDTH = {"mlp": 256, "cnn": 64}
 DEFAULT_KERNEL = 3
 
-#: The proxy (base) network of each family, on which the base LR is searched (papers.md §1.6 step 1: the
+#: The proxy (base) network of each family, on which the base LR is searched (docs/conventions.md §1.6 step 1: the
 #: "L = 1" network, input -> hidden -> output). mlp/cnn: the DAG ``1`` (stem -> one skip -> readout, the
-#: reference's ``DEPTHS_BASE=[3]``, papers.md §1.7); nb201: the cell ``1_01_001`` (a chain of skips, i.e. an
+#: reference's ``DEPTHS_BASE=[3]``, docs/conventions.md §1.7); nb201: the cell ``1_01_001`` (a chain of skips, i.e. an
 #: identity cell) inside the same macro network, so stem, reduction blocks and head are those of every target
 #: (the reference's ``DEPTHS_BASE=[1]`` for NB201). These are :func:`ahps_core.scaling.default_base`'s graphs.
 PROXY_SPECS = {"mlp": "1", "cnn": "1", "nb201": "1_01_001"}
@@ -59,25 +62,25 @@ def build_model(
             "(a 'graph' spec describes paths, not layers)"
         )
     raw_moments(graph)  # raises NoPathError (with its message) when no input->output path exists
-    _check_positive_int("num_classes", num_classes)
+    check_int("num_classes", num_classes, 1)
     shape = _check_shape(in_shape, fam)
     if fam == "nb201":
         if width is not None:
             raise ConfigError(f"width {width!r} does not apply to nb201: set C (channels of the first stage)")
         if kernel_size is not None:
             raise ConfigError(f"kernel_size {kernel_size!r} does not apply to nb201 (its ops fix their kernels)")
-        _check_positive_int("C", C)
-        _check_positive_int("N", N)
+        check_int("C", C, 1)
+        check_int("N", N, 1)
         model: nn.Module = TinyNetwork(graph, in_channels=shape[0], num_classes=num_classes, C=C, N=N)
     else:
-        width = DEFAULT_WIDTH[fam] if width is None else _check_positive_int("width", width)
+        width = DEFAULT_WIDTH[fam] if width is None else check_int("width", width, 1)
         if fam == "mlp":
             if kernel_size is not None:
                 raise ConfigError(f"kernel_size {kernel_size!r} does not apply to mlp (cnn only)")
             stem_kernel = 1
         else:
             if kernel_size is not None:
-                stem_kernel = _check_positive_int("kernel_size", kernel_size)
+                stem_kernel = check_int("kernel_size", kernel_size, 1)
                 graph = graph.with_kernel(stem_kernel)
             else:
                 kernels = {e.kernel for e in graph.path_edges if e.op is Op.WEIGHT}
@@ -118,13 +121,8 @@ def build_proxy(
     )
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} {value!r} must be a positive integer")
-    return value
-
-
 def _check_shape(in_shape: object, family: str) -> tuple[int, ...]:
+    shape: tuple[Any, ...]
     try:
         shape = tuple(in_shape)  # type: ignore[arg-type]
     except TypeError:

@@ -1,4 +1,4 @@
-"""MLP and CNN networks over a DAG cell, as in the reference code (papers.md §1.7, "Networks").
+"""MLP and CNN networks over a DAG cell, as in the reference code (docs/conventions.md §1.7, "Networks").
 
 Layout, exactly as the reference's ``models/mlp_dags.py`` / ``models/cnn_dags.py``:
 
@@ -82,14 +82,15 @@ class DagNet(nn.Module):
         self.width = width
         self.num_classes = num_classes
         cnn = self.family == "cnn"
+        self.stem: nn.Conv2d | nn.Linear
         if cnn:
             self.stem = nn.Conv2d(in_shape[0], width, kernel_size, stride=1, padding=(kernel_size - 1) // 2)
         else:
             self.stem = nn.Linear(math.prod(in_shape), width)
         self.stem_act = nn.ReLU(inplace=True)
-        layers = []
-        edge_index = []
-        layer_of_edge = {}
+        layers: list[nn.Sequential] = []
+        edge_index: list[int] = []
+        layer_of_edge: dict[int, int] = {}
         path = set(graph.path_edges)
         for i, e in enumerate(graph.edges):
             if e.op is Op.WEIGHT and e in path:

@@ -1,13 +1,13 @@
 """Architecture graphs from arbitrary PyTorch modules, by symbolic tracing with torch.fx.
 
 :func:`extract_graph` traces ``module.forward`` and keeps only the structure the transfer rules need
-(papers.md §1.3: paths and the weight layers on them):
+(docs/conventions.md §1.3: paths and the weight layers on them):
 
 * **weight edges**: ``nn.Linear`` and ``nn.Conv1d/2d/3d`` modules, and the functional forms ``F.linear``,
   ``F.conv1d/2d/3d`` (also ``torch.conv*d``), ``torch.addmm`` and matrix products (``@``, ``torch.matmul``,
   ``mm``, ``bmm``) whose weight operand is a parameter of the module (e.g. a custom module calling
   ``F.linear(x, self.weight)``). The edge's kernel is the kernel's side length (1 for linear layers); for a
-  non-square kernel the largest side, which is what the kernel factor q of papers.md §1.3/§1.7 reads as "the
+  non-square kernel the largest side, which is what the kernel factor q of docs/conventions.md §1.3/§1.7 reads as "the
   kernel size" of a 1-D derivation.
 * **merges**: an op that combines several input-derived tensors creates a vertex with one skip edge per
   tensor: additions (``+``, ``torch.add``, ``sum(...)``, in-place adds), and also concatenation, stacking and
@@ -20,7 +20,7 @@
 * **transparent ops**: every other op on a single input-derived tensor (activations, norms, pooling, dropout,
   reshapes, flatten, mean, scaling by a parameter, ...) maps to the vertex of its input: identity-like edges
   collapse and create no vertex. Pooling therefore counts like a skip, as the reference code counts NB201's
-  average pooling (papers.md §1.7).
+  average pooling (docs/conventions.md §1.7).
 * **no signal**: multiplication by a literal zero (NB201's ``none`` op, ``x.mul(0.)``), ``zeros_like`` and
   the other ``*_like``/``new_*`` constructors, and shape/dtype/device queries carry no signal.
 
@@ -43,8 +43,8 @@ import inspect
 import operator
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.fx
@@ -124,7 +124,7 @@ def load_model_factory(ref: str) -> nn.Module:
         raise ConfigError(f"model reference {ref!r}: {attr_path!r} is a {type(obj).__name__}, not callable")
     try:
         model = obj()
-    except Exception as exc:  # noqa: BLE001 - any failure in user code becomes a one-line config error
+    except Exception as exc:  # any failure in user code becomes a one-line config error
         raise ConfigError(f"model reference {ref!r}: calling {attr_path}() failed: {_one_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(
@@ -162,7 +162,7 @@ def _import(mod_name: str, ref: str) -> Any:
         if missing(exc):
             raise ConfigError(f"model reference {ref!r}: module {mod_name!r} not found") from exc
         raise ConfigError(f"model reference {ref!r}: importing {mod_name!r} failed: {_one_line(exc)}") from exc
-    except Exception as exc:  # noqa: BLE001 - errors raised by the user's module at import time
+    except Exception as exc:  # errors raised by the user's module at import time
         raise ConfigError(f"model reference {ref!r}: importing {mod_name!r} failed: {_one_line(exc)}") from exc
 
 
@@ -183,7 +183,7 @@ def _trace(module: nn.Module, spec: str) -> torch.fx.Graph:
     concrete = {p.name: p.default for p in extra}
     try:
         return torch.fx.Tracer().trace(module, concrete_args=concrete or None)
-    except Exception as exc:  # noqa: BLE001 - fx raises TraceError, TypeError, RuntimeError, ...
+    except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ...
         raise ArchSpecError(f"model {spec!r} cannot be traced by torch.fx: {_one_line(exc)}") from exc
 
 
@@ -269,10 +269,10 @@ class _Builder:
             return None
         target = node.target
         if op == "call_module":
-            sub = self.root.get_submodule(target)
+            sub = self.root.get_submodule(str(target))
             if isinstance(sub, WEIGHT_MODULES):
                 kernel = 1 if isinstance(sub, nn.Linear) else _kernel_side(sub.kernel_size)
-                return self.weight_edge(node, signals[0], kernel, target)
+                return self.weight_edge(node, signals[0], kernel, str(target))
             if any(True for _ in sub.parameters()) and not isinstance(sub, TRANSPARENT_PARAM_MODULES):
                 raise ArchSpecError(
                     f"model {self.spec!r}: layer {target!r} is a {type(sub).__name__} with parameters, which "
@@ -324,10 +324,10 @@ class _Builder:
             return self.weight_edge(node, b, 1, "matmul")
         return None
 
-    def is_signal(self, arg: Any) -> bool:
+    def is_signal(self, arg: Any) -> TypeGuard[torch.fx.Node]:
         return isinstance(arg, torch.fx.Node) and arg in self.vertex
 
-    def is_param(self, arg: Any) -> bool:
+    def is_param(self, arg: Any) -> TypeGuard[torch.fx.Node]:
         return isinstance(arg, torch.fx.Node) and arg in self.param_nodes
 
     def combine(self, node: torch.fx.Node, signals: list[torch.fx.Node]) -> int:
@@ -353,7 +353,7 @@ class _Builder:
         """Shape of a parameter-derived tensor, evaluating its (input-free) computation."""
         try:
             return self._param_value(node, {}).shape
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ArchSpecError(
                 f"model {self.spec!r}: cannot determine the kernel of weight {node.name!r}: {_one_line(exc)}"
             ) from exc
@@ -369,12 +369,12 @@ class _Builder:
             for part in str(node.target).split("."):
                 value = getattr(value, part)
         elif node.op == "call_function":
-            value = node.target(*ev(node.args), **ev(node.kwargs))
+            value = cast(Callable[..., Any], node.target)(*ev(node.args), **ev(node.kwargs))
         elif node.op == "call_method":
             self_arg, *rest = ev(node.args)
-            value = getattr(self_arg, node.target)(*rest, **ev(node.kwargs))
+            value = getattr(self_arg, str(node.target))(*rest, **ev(node.kwargs))
         else:
-            value = self.root.get_submodule(node.target)(*ev(node.args), **ev(node.kwargs))
+            value = self.root.get_submodule(str(node.target))(*ev(node.args), **ev(node.kwargs))
         memo[node] = value
         return value
 

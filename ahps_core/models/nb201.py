@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 macro network (``TinyNetwork``) for any cell (papers.md §1.7, "NAS-Bench-201").
+"""The NAS-Bench-201 macro network (``TinyNetwork``) for any cell (docs/conventions.md §1.7, "NAS-Bench-201").
 
 Written to match NB201's own code (D-X-Y/AutoDL-Projects ``lib/models/cell_operations.py``,
 ``lib/models/cell_infers/cells.py``, ``lib/models/cell_infers/tiny_network.py``) and the reference's copy of it:
@@ -43,7 +43,9 @@ class ReLUConvBN(nn.Module):
 
     @property
     def conv(self) -> nn.Conv2d:
-        return self.op[1]
+        conv = self.op[1]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -112,7 +114,7 @@ class TinyNetwork(nn.Module):
         reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
         cells: list[nn.Module] = []
         c_prev = C
-        for c_curr, reduction in zip(channels, reductions):
+        for c_curr, reduction in zip(channels, reductions, strict=True):
             cell = ResNetBasicblock(c_prev, c_curr) if reduction else InferCell(graph, c_curr)
             cells.append(cell)
             c_prev = c_curr
