@@ -1,4 +1,4 @@
-"""Initialization: the arch-aware variance plan (papers.md §1.7, E5) and the forward second moments it gives.
+"""Initialization: the arch-aware variance plan (docs/conventions.md §1.7, E5) and the forward second moments it gives.
 
 Finding recorded here (see ``test_forward_second_moments_match_mean_field``): in the reference layout, where a
 vertex *sums post-activation outputs* ``y_t = sum_f ReLU(W_ft y_f)`` (+ skips), no in-degree rule keeps every
@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from ahps_core.errors import ConfigError
-from ahps_core.graph import ArchGraph, Op, parse_arch
-from ahps_core.init import NB201_REDUCTION_DEGREES, he_normal_, initialize
-from ahps_core.models import DagNet, build_model
+from ahps_core.graph import ArchGraph, Op
+from ahps_core.init import NB201_REDUCTION_DEGREES, fan_in, he_normal_, initialize
+from ahps_core.models import DagNet, TinyNetwork, build_model
 from ahps_core.models.nb201 import InferCell, ResNetBasicblock
-from ahps_core.scaling import init_plan
+from ahps_core.scaling import DEGREE_RULES, init_plan
+from ahps_core.specs import parse_arch
 
 torch.set_num_threads(1)
 
@@ -41,9 +42,63 @@ def _rel(value: float, expected: float) -> float:
 
 # --- the variance plan ---------------------------------------------------------------------------------------
 
+FULL_5 = "2_22_222_2222"  # the fully connected 5-node DAG of E5, every edge a weight layer
+
+
+def test_plan_degrees_are_e5s():
+    """E5 (docs/worked-examples.md): the degrees of the fully connected 5-node DAG, edges in code order."""
+    graph = parse_arch(FULL_5, "mlp")
+    plan = {rule: init_plan(graph, rule) for rule in ("source", "destination")}
+    assert [(p.edge.src, p.edge.dst) for p in plan["source"]] == [
+        (0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3), (0, 4), (1, 4), (2, 4), (3, 4)]
+    assert [p.degree for p in plan["source"]] == [1, 1, 1, 1, 1, 2, 1, 1, 2, 3]
+    assert [p.degree for p in plan["destination"]] == [1, 2, 2, 3, 3, 3, 4, 4, 4, 4]
+    e5 = parse_arch("2_12_002_0012", "mlp")  # in-degrees 1, 1, 2, 1, 2 (skips count)
+    assert [e5.in_degree(v) for v in range(5)] == [1, 1, 2, 1, 2]
+    assert [p.degree for p in init_plan(e5, "source")] == [1, 1, 2, 1]
+    assert [p.degree for p in init_plan(e5, "destination")] == [1, 2, 1, 2]
+
+
+def built_weight_edges(model: nn.Module) -> list[tuple[int, torch.Tensor]]:
+    """``(index in model.graph.edges, weight)`` of every weight edge ``build_model`` built (every cell of an
+    NB201 network)."""
+    if isinstance(model, DagNet):
+        return [(i, layer[0].weight) for i, layer in zip(model.edge_index, model.layers, strict=True)]
+    assert isinstance(model, TinyNetwork)
+    return [(i, layer.conv.weight) for cell in model.cells if isinstance(cell, InferCell)
+            for i, layer in zip(cell.edge_index, cell.layers, strict=True) if model.graph.edges[i].op is Op.WEIGHT]
+
+
+@pytest.mark.parametrize(("family", "spec", "kw", "tol"), [
+    ("mlp", "2_12_002_0012", dict(in_shape=(64,), width=512), 0.03),
+    ("mlp", FULL_5, dict(in_shape=(64,), width=512), 0.03),
+    ("mlp", "2_10_021_1202", dict(in_shape=(64,), width=512), 0.03),
+    ("cnn", FULL_5, dict(in_shape=(3, 8, 8), width=64), 0.04),
+    ("cnn", "2_12", dict(in_shape=(3, 8, 8), width=64, kernel_size=5), 0.04),
+    ("nb201", "3_33_133", dict(in_shape=(3, 8, 8), C=32, N=1), 0.1),
+    ("nb201", "2_32_423", dict(in_shape=(3, 8, 8), C=32, N=1), 0.1),
+])
+@pytest.mark.parametrize("degree", DEGREE_RULES)
+def test_built_models_follow_the_plan(family, spec, kw, tol, degree):
+    """Every weight edge of a model built from a real spec has ``Var = 2 / (fan_in * divisor)`` with the divisor
+    of its edge in :func:`init_plan`; exactly the weight edges on input->output paths are built."""
+    graph = parse_arch(spec, family)
+    model = build_model(graph, num_classes=10, degree=degree, generator=torch.Generator().manual_seed(7), **kw)
+    plan = {p.index: p for p in init_plan(model.graph, degree)}
+    built = built_weight_edges(model)
+    on_path = {i for i, e in enumerate(model.graph.edges) if e.op is Op.WEIGHT and e in set(model.graph.path_edges)}
+    assert {i for i, _ in built} == on_path and on_path <= set(plan)
+    divisors = set()
+    for i, weight in built:
+        want = 2 / (fan_in(weight) * plan[i].divisor)
+        assert _rel(weight.var().item(), want) < tol, (spec, degree, model.graph.edges[i], weight.var().item(), want)
+        divisors.add(plan[i].divisor)
+    if family == "mlp" and spec != "2_10_021_1202":
+        assert len(divisors) > 1  # the degrees differ between edges: a uniform init would fail
+
 
 @pytest.mark.parametrize("degree,expected", [
-    ("source", {(0, 1): 1, (1, 2): 1, (2, 3): 2, (3, 4): 1}),  # papers.md E5, code column
+    ("source", {(0, 1): 1, (1, 2): 1, (2, 3): 2, (3, 4): 1}),  # docs/worked-examples.md E5, code column
     ("destination", {(0, 1): 1, (1, 2): 2, (2, 3): 1, (3, 4): 2}),  # E5, App. A eq. 12 column
 ])
 def test_mlp_variances_follow_e5(degree, expected):
@@ -51,7 +106,8 @@ def test_mlp_variances_follow_e5(degree, expected):
     gen = torch.Generator().manual_seed(0)
     m = build_model(parse_arch("2_12_002_0012", "mlp"), num_classes=classes, in_shape=(in_dim,), width=width,
                     degree=degree, generator=gen)
-    got = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0] for i, layer in zip(m.edge_index, m.layers)}
+    got = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0]
+           for i, layer in zip(m.edge_index, m.layers, strict=True)}
     assert set(got) == set(expected)
     for edge, d in expected.items():
         assert _rel(got[edge].weight.var().item(), 2 / (width * d)) < 0.03, edge
@@ -90,7 +146,7 @@ def test_nb201_variances_follow_the_reference(degree, expected):
     for cell in m.cells:
         if isinstance(cell, InferCell):
             c = cell.out_dim
-            for i, layer in zip(cell.edge_index, cell.layers):
+            for i, layer in zip(cell.edge_index, cell.layers, strict=True):
                 e = graph.edges[i]
                 assert _rel(layer.conv.weight.var().item(), 2 / (c * 9 * expected[e.src, e.dst])) < 0.08
         else:
@@ -116,7 +172,7 @@ def test_generator_makes_init_reproducible_and_independent_of_the_global_rng():
             models.append(build_model(graph, num_classes=3, in_shape=(4,), width=8, init=init,
                                       generator=torch.Generator().manual_seed(5)))
         a, b = models
-        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(va, vb), (init, k)
 
 
@@ -126,7 +182,7 @@ def test_default_init_is_pytorchs():
     built = build_model(graph, num_classes=3, in_shape=(4,), width=8, init="default")
     torch.manual_seed(3)
     constructed = DagNet(graph, in_shape=(4,), num_classes=3, width=8)  # modules as constructed
-    for va, vb in zip(built.state_dict().values(), constructed.state_dict().values()):
+    for va, vb in zip(built.state_dict().values(), constructed.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
     m = build_model(graph, num_classes=3, in_shape=(4,), width=64, init="default", generator=torch.Generator())
     w, b = m.layers[0][0].weight, m.layers[0][0].bias
@@ -174,7 +230,7 @@ def mean_field_second_moments(graph: ArchGraph, rule: str) -> dict[int, float]:
         term_mean = [mean[f] if v is None else math.sqrt(v / (2 * math.pi)) for f, v in terms]
         for u in list(mean):
             second[t, u] = second[u, t] = sum(
-                second[f, u] if v is None else mu * mean[u] for (f, v), mu in zip(terms, term_mean)
+                second[f, u] if v is None else mu * mean[u] for (f, v), mu in zip(terms, term_mean, strict=True)
             )
         total = 0.0
         for a, (fa, va) in enumerate(terms):
@@ -298,10 +354,12 @@ def test_mean_field_rule_keeps_skip_free_dags_flat():
 
 def test_no_weight_rule_is_flat_with_skip_edges():
     """A skip passes its source unchanged, so a vertex adding a ReLU term to it holds more than the source:
-    2_12 (vertex 2 = skip(v0) + ReLU(W v1)) stays above the stem under every rule."""
+    2_12 (vertex 2 = skip(v0) + ReLU(W v1)) stays above the stem under every rule, in the built networks as in
+    the mean-field prediction."""
     g = parse_arch("2_12", "mlp")
     for rule in ("source", "destination", "mean-field"):
         assert mean_field_second_moments(g, rule)[2] > 1.3
+        assert measured_second_moments(g, rule)[2] > 1.3, rule
 
 
 @pytest.mark.slow

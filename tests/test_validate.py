@@ -1,17 +1,22 @@
-"""``validate``: targets, statistics, skipped targets, several rules from one measurement, resume."""
+"""``validate``: targets, statistics, skipped targets, several rules from one measurement, resume; and the
+acceptance of the transfer rule itself (slow): the depth sweep on digits correlates at r >= 0.9."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
+from ahps_core.cli import main
 from ahps_core.data import load_dataset
-from ahps_core.errors import ConfigError
-from ahps_core.graph import parse_arch
-from ahps_core.lr_search import ProbeBudget, log_grid
+from ahps_core.errors import ConfigError, DivergedError
+from ahps_core.lr_search import arch_factory, find_max_lr, log_grid
 from ahps_core.paths import raw_moments
+from ahps_core.presets import ProbeBudget
+from ahps_core.scaling import Transferer
+from ahps_core.specs import parse_arch
 from ahps_core.validate import depth_chain, fit_log, parse_depths, resolve_targets, sample_archs, validate
 
 TINY = ProbeBudget(epochs=2, batch_size=32, max_steps_per_epoch=12, device="cpu")
@@ -65,11 +70,25 @@ def test_validate_tiny_budget_records_skips_and_resumes(tmp_path, digits):
               rules=["sum-cubed", "effective-depth"], conventions=["reference", "paper"])
     rep = validate("mlp", "digits", targets, **kw)
     assert rep["rule"] == "sum-cubed" and rep["convention"] == "reference"
-    assert isinstance(rep["pearson_log"], float) and isinstance(rep["slope"], float)
     assert [p["arch"] for p in rep["points"]] == ["1", "2", "2_02", "2_02_002"]
     for p in rep["points"]:
-        assert p["measured_lr"] in GRID and p["predicted_lr"] > 0
+        assert p["measured_lr"] in GRID
     assert rep["points"][0]["predicted_lr"] == rep["base"]["lr"] == rep["points"][0]["measured_lr"]
+    # every comparison: the predictions are the transfer rule applied to the measured base LR, and the
+    # statistics are those of the points (Pearson r and the least-squares line of the log LRs)
+    for c in rep["comparisons"]:
+        transfer = Transferer("mlp", rep["base"]["lr"], rule=c["rule"], convention=c["convention"])
+        for p in c["points"]:
+            assert p["predicted_lr"] == pytest.approx(transfer(parse_arch(p["arch"], "mlp")).lr, rel=1e-12)
+        x = np.log([p["predicted_lr"] for p in c["points"]])
+        y = np.log([p["measured_lr"] for p in c["points"]])
+        assert c["n"] == 4 and c["pearson_log"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
+        slope, intercept = np.polyfit(x, y, 1)
+        assert c["slope"] == pytest.approx(slope, abs=1e-9) and c["intercept"] == pytest.approx(intercept, abs=1e-9)
+    assert rep["pearson_log"] == rep["comparisons"][0]["pearson_log"]
+    # a measurement is the base-LR protocol on the target: the same search run on its own gives the same LR
+    alone = find_max_lr(arch_factory(parse_arch("2_02", "mlp"), digits, width=32), digits, GRID, [0], TINY)
+    assert rep["points"][2]["measured_lr"] == alone.best_lr
     assert [s["arch"] for s in rep["skipped"]] == ["0_00"]
     assert "no input->output path" in rep["skipped"][0]["reason"]
     # four comparisons from one measurement per target (the proxy "1" is measured once, reused as a target)
@@ -91,6 +110,34 @@ def test_validate_tiny_budget_records_skips_and_resumes(tmp_path, digits):
     again = validate("mlp", "digits", targets + ["2_02_002_0002"], **kw)
     assert again["runs_used"] == len(GRID) and again["resumed"] == 6
     assert [p["measured_lr"] for p in again["points"][:4]] == [p["measured_lr"] for p in rep["points"]]
+
+
+def test_divergence_is_recognised_by_its_type(digits):
+    """Every LR diverging is a :class:`DivergedError` that validate records as a skip (here of the proxy, which
+    then stops the run with that reason); any other error of a measurement propagates."""
+    huge = [1e8, 1e9]
+    with pytest.raises(DivergedError):
+        find_max_lr(arch_factory(parse_arch("1", "mlp"), digits, width=32), digits, huge, [0], TINY)
+    with pytest.raises(ConfigError, match=r"the proxy mlp:1 could not be measured: every learning rate of the grid "
+                                          r"\[1e\+08, 1e\+09\] diverged"):
+        validate("mlp", "digits", ["2"], data=digits, grid=huge, seeds=[0], budget=TINY, width=32, refine=False)
+    with pytest.raises(ConfigError, match="width 0 must be an integer >= 1"):
+        validate("mlp", "digits", ["2"], data=digits, grid=GRID, seeds=[0], budget=TINY, width=0, refine=False)
+
+
+@pytest.mark.slow
+def test_depth_sweep_on_digits_follows_the_transfer_rule(capsys, tmp_path):
+    """The acceptance of the sum-cubed rule: ``ahps validate --family mlp --dataset digits --depths
+    1,2,3,4,6,8`` (default grid, 3 seeds, the digits probe budget) gives r >= 0.9 between the log transferred
+    and the log measured maximal LRs (measured: 0.981), and deeper chains get smaller LRs."""
+    code = main(["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,2,3,4,6,8", "--device", "cpu",
+                 "--out", str(tmp_path), "--json"])
+    assert code == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n"] == 6 and not rep["skipped"]
+    assert rep["pearson_log"] >= 0.9, rep["pearson_log"]
+    measured = [p["measured_lr"] for p in rep["points"]]
+    assert measured[-1] < measured[0]
 
 
 def test_validate_bad_inputs(digits):
