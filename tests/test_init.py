@@ -1,4 +1,5 @@
-"""Initialization: the arch-aware variance plan (papers.md §1.7, E5) and the forward second moments it gives.
+"""Initialization: the arch-aware variance plan (docs/conventions.md §1.7, docs/worked-examples.md E5) and the
+forward second moments it gives.
 
 Finding recorded here (see ``test_forward_second_moments_match_mean_field``): in the reference layout, where a
 vertex *sums post-activation outputs* ``y_t = sum_f ReLU(W_ft y_f)`` (+ skips), no in-degree rule keeps every
@@ -43,15 +44,16 @@ def _rel(value: float, expected: float) -> float:
 
 
 @pytest.mark.parametrize("degree,expected", [
-    ("source", {(0, 1): 1, (1, 2): 1, (2, 3): 2, (3, 4): 1}),  # papers.md E5, code column
-    ("destination", {(0, 1): 1, (1, 2): 2, (2, 3): 1, (3, 4): 2}),  # E5, App. A eq. 12 column
+    ("source", {(0, 1): 1, (1, 2): 1, (2, 3): 2, (3, 4): 1}),  # E5, source column (reference code, eq. 4)
+    ("destination", {(0, 1): 1, (1, 2): 2, (2, 3): 1, (3, 4): 2}),  # E5, destination column (App. A eq. 12)
 ])
 def test_mlp_variances_follow_e5(degree, expected):
     width, in_dim, classes = 512, 64, 10
     gen = torch.Generator().manual_seed(0)
     m = build_model(parse_arch("2_12_002_0012", "mlp"), num_classes=classes, in_shape=(in_dim,), width=width,
                     degree=degree, generator=gen)
-    got = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0] for i, layer in zip(m.edge_index, m.layers)}
+    got = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0] for i, layer in
+           zip(m.edge_index, m.layers, strict=True)}
     assert set(got) == set(expected)
     for edge, d in expected.items():
         assert _rel(got[edge].weight.var().item(), 2 / (width * d)) < 0.03, edge
@@ -90,7 +92,7 @@ def test_nb201_variances_follow_the_reference(degree, expected):
     for cell in m.cells:
         if isinstance(cell, InferCell):
             c = cell.out_dim
-            for i, layer in zip(cell.edge_index, cell.layers):
+            for i, layer in zip(cell.edge_index, cell.layers, strict=True):
                 e = graph.edges[i]
                 assert _rel(layer.conv.weight.var().item(), 2 / (c * 9 * expected[e.src, e.dst])) < 0.08
         else:
@@ -116,7 +118,7 @@ def test_generator_makes_init_reproducible_and_independent_of_the_global_rng():
             models.append(build_model(graph, num_classes=3, in_shape=(4,), width=8, init=init,
                                       generator=torch.Generator().manual_seed(5)))
         a, b = models
-        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(va, vb), (init, k)
 
 
@@ -126,7 +128,7 @@ def test_default_init_is_pytorchs():
     built = build_model(graph, num_classes=3, in_shape=(4,), width=8, init="default")
     torch.manual_seed(3)
     constructed = DagNet(graph, in_shape=(4,), num_classes=3, width=8)  # modules as constructed
-    for va, vb in zip(built.state_dict().values(), constructed.state_dict().values()):
+    for va, vb in zip(built.state_dict().values(), constructed.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
     m = build_model(graph, num_classes=3, in_shape=(4,), width=64, init="default", generator=torch.Generator())
     w, b = m.layers[0][0].weight, m.layers[0][0].bias
@@ -174,7 +176,7 @@ def mean_field_second_moments(graph: ArchGraph, rule: str) -> dict[int, float]:
         term_mean = [mean[f] if v is None else math.sqrt(v / (2 * math.pi)) for f, v in terms]
         for u in list(mean):
             second[t, u] = second[u, t] = sum(
-                second[f, u] if v is None else mu * mean[u] for (f, v), mu in zip(terms, term_mean)
+                second[f, u] if v is None else mu * mean[u] for (f, v), mu in zip(terms, term_mean, strict=True)
             )
         total = 0.0
         for a, (fa, va) in enumerate(terms):
