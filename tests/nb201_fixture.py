@@ -1,4 +1,4 @@
-"""Benchmark test data built from the real NATS-Bench records in shared/fixtures (MIT, D-X-Y).
+"""Benchmark test data built from the real NATS-Bench records shipped with the package (MIT, D-X-Y).
 
 ``FIXTURE_DIR`` is a partial NATS-Bench topology ``-simple`` directory: the full ``meta.pickle.pbz2`` and the
 records of architectures 0, 11 and 284. :func:`nb201_dict` rebuilds those records in the NAS-Bench-201
@@ -22,10 +22,12 @@ from ahps_core.resources import NATS_TSS_FIXTURE
 
 from nats_bench.api_utils import pickle_load
 
-#: The package ships a byte-identical copy of shared/fixtures/nats-tss-v1_0-3ffb9-simple (checked by
-#: tests/test_benchmarks.py when shared/ is beside the repository), so the tests need no shared/ checkout.
+#: The records live in the package (ahps_core/resources), so the tests need nothing outside the repository.
+#: Where the team's own fixture copy is checked out beside the repository, tests/test_benchmarks.py checks
+#: that the packaged files are byte-identical to it (and skips otherwise).
 FIXTURE_DIR = NATS_TSS_FIXTURE
-SHARED_FIXTURE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "nats-tss-v1_0-3ffb9-simple"
+SHARED_FIXTURE_DIR = (Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+                      / "nats-tss-v1_0-3ffb9-simple")
 FIXTURE_INDICES = (0, 11, 284)
 
 

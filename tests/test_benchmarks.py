@@ -81,12 +81,12 @@ def assert_truth(records, index, dataset):
     test, valid = TRUTH[(index, dataset)]
     rec = records.query(ARCH[index], dataset)
     assert (rec.index, rec.arch_str, rec.dataset, rec.epochs) == (index, ARCH[index], dataset, 200)
-    assert rec.test_acc_per_seed == pytest.approx(dict(zip(EXPECTED_SEEDS, test)), abs=1e-9)
+    assert rec.test_acc_per_seed == pytest.approx(dict(zip(EXPECTED_SEEDS, test, strict=True)), abs=1e-9)
     assert rec.test_acc_mean == pytest.approx(sum(test) / 3, abs=1e-9)
     if valid is None:
         assert rec.valid_set is None and rec.valid_acc_per_seed == {} and "no validation split" in rec.note
     else:
-        assert rec.valid_acc_per_seed == pytest.approx(dict(zip(EXPECTED_SEEDS, valid)), abs=1e-9)
+        assert rec.valid_acc_per_seed == pytest.approx(dict(zip(EXPECTED_SEEDS, valid, strict=True)), abs=1e-9)
     headline = valid if dataset == "cifar10-valid" else test
     assert rec.acc_mean == pytest.approx(sum(headline) / 3, abs=1e-9)
     assert rec.missing_seeds == ()
@@ -188,7 +188,7 @@ def test_seed_accuracies_and_accuracies(simple):
     acc = simple.accuracies("cifar10")
     seeds = simple.seed_accuracies("cifar10")
     assert set(acc) == set(seeds) == set(ARCH.values())
-    assert seeds[ARCH[11]] == pytest.approx(dict(zip(EXPECTED_SEEDS, TRUTH[(11, "cifar10")][0])))
+    assert seeds[ARCH[11]] == pytest.approx(dict(zip(EXPECTED_SEEDS, TRUTH[(11, "cifar10")][0], strict=True)))
     assert acc[ARCH[11]] == pytest.approx(sum(TRUTH[(11, "cifar10")][0]) / 3)
 
 
@@ -264,13 +264,13 @@ def test_bad_queries(simple):
         open_benchmark(42)
 
 
-def test_packaged_fixture_is_the_shared_one():
+def test_packaged_fixture_equals_the_team_copy():
     import hashlib
 
     from nb201_fixture import FIXTURE_DIR, SHARED_FIXTURE_DIR
 
     if not SHARED_FIXTURE_DIR.is_dir():
-        pytest.skip("shared/ is not beside the repository")
+        pytest.skip("the team's fixture copy is not checked out beside the repository")
     names = sorted(p.name for p in SHARED_FIXTURE_DIR.iterdir())
     assert names == sorted(p.name for p in FIXTURE_DIR.iterdir() if not p.name.startswith("__"))
     for name in names:

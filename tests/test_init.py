@@ -1,4 +1,5 @@
-"""Initialization: the arch-aware variance plan (docs/conventions.md §1.7, E5) and the forward second moments it gives.
+"""Initialization: the arch-aware variance plan (docs/conventions.md §1.7, docs/worked-examples.md E5) and the
+forward second moments it gives.
 
 Finding recorded here (see ``test_forward_second_moments_match_mean_field``): in the reference layout, where a
 vertex *sums post-activation outputs* ``y_t = sum_f ReLU(W_ft y_f)`` (+ skips), no in-degree rule keeps every
@@ -98,16 +99,16 @@ def test_built_models_follow_the_plan(family, spec, kw, tol, degree):
 
 
 @pytest.mark.parametrize("degree,expected", [
-    ("source", {(0, 1): 1, (1, 2): 1, (2, 3): 2, (3, 4): 1}),  # docs/worked-examples.md E5, code column
-    ("destination", {(0, 1): 1, (1, 2): 2, (2, 3): 1, (3, 4): 2}),  # E5, App. A eq. 12 column
+    ("source", {(0, 1): 1, (1, 2): 1, (2, 3): 2, (3, 4): 1}),  # E5, source column (reference code, eq. 4)
+    ("destination", {(0, 1): 1, (1, 2): 2, (2, 3): 1, (3, 4): 2}),  # E5, destination column (App. A eq. 12)
 ])
 def test_mlp_variances_follow_e5(degree, expected):
     width, in_dim, classes = 512, 64, 10
     gen = torch.Generator().manual_seed(0)
     m = build_model(parse_arch("2_12_002_0012", "mlp"), num_classes=classes, in_shape=(in_dim,), width=width,
                     degree=degree, generator=gen)
-    got = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0]
-           for i, layer in zip(m.edge_index, m.layers, strict=True)}
+    got = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0] for i, layer in
+           zip(m.edge_index, m.layers, strict=True)}
     assert set(got) == set(expected)
     for edge, d in expected.items():
         assert _rel(got[edge].weight.var().item(), 2 / (width * d)) < 0.03, edge

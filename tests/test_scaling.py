@@ -1,4 +1,4 @@
-"""The worked examples E1-E7 of shared/reference/papers.md Part 3 as fixed vectors."""
+"""The worked examples E1-E7 of docs/worked-examples.md as fixed vectors (the conventions: docs/conventions.md)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def test_e5_in_degree_init():
     assert [p.degree for p in init_plan(full, "destination")] == [1, 2, 2, 3, 3, 3, 4, 4, 4, 4]
     mf = init_plan(full, "mean-field")
     assert [p.degree for p in mf] == [p.degree for p in init_plan(full, "destination")]
-    assert [p.divisor for p in mf] == pytest.approx([d * (1 + (d - 1) / math.pi) for d in (1, 2, 2, 3, 3, 3, 4, 4, 4, 4)])
+    mf_divisors = [d * (1 + (d - 1) / math.pi) for d in (1, 2, 2, 3, 3, 3, 4, 4, 4, 4)]
+    assert [p.divisor for p in mf] == pytest.approx(mf_divisors)
     with pytest.raises(ConfigError, match="degree rule"):
         init_plan(g, "middle")
 
@@ -169,11 +170,45 @@ def test_e7_wu_examples():
     def cnn_chain(layers: int) -> dict:
         return {"edges": [{"from": f"v{i}", "to": f"v{i + 1}", "op": "weight", "kernel": 3} for i in range(layers)]}
 
-    assert (effective_depth(parse_arch(cnn_chain(10))) / effective_depth(parse_arch(cnn_chain(30)))) ** 1.5 == \
-        pytest.approx(0.192450, abs=1e-6)
-    assert 0.05 * 3 ** -1.5 == pytest.approx(0.0096225, abs=1e-7)
-    assert (24 / 12) ** -1.5 == pytest.approx(0.353553, abs=1e-6)
-    assert (25 / 13) ** -1.5 == pytest.approx(0.374977, abs=1e-6)
+    cnn = (effective_depth(parse_arch(cnn_chain(10))) / effective_depth(parse_arch(cnn_chain(30)))) ** 1.5
+    assert cnn == pytest.approx(0.192450, abs=1e-6)
+    assert 0.05 * cnn == pytest.approx(0.0096225, abs=1e-7)
+
+    def vit(blocks: int, embed: bool = False) -> dict:
+        """2 residual units per block (attention and MLP: x <- x + F(x) each), optionally a patch embedding."""
+        g = resnet(2 * blocks)
+        if embed:
+            g["edges"].insert(0, {"from": "x", "to": "v0", "op": "weight"})
+        return g
+
+    def wu(ref: dict, target: dict) -> float:
+        return (effective_depth(parse_arch(ref)) / effective_depth(parse_arch(target))) ** 1.5
+
+    assert effective_depth(parse_arch(vit(6))) == 12 and effective_depth(parse_arch(vit(6, embed=True))) == 13
+    assert wu(vit(6), vit(12)) == pytest.approx(0.353553, abs=1e-6)
+    assert wu(vit(6, embed=True), vit(12, embed=True)) == pytest.approx(0.374977, abs=1e-6)
+
+
+def test_e7_offsets_through_the_transferer():
+    """The Transferer adds the convention's unit to both effective depths; under ``paper`` (unit -1) a file's
+    ``depth_offset: 1`` cancels it, leaving the raw layer counts of the worked example."""
+    def cnn_chain(layers: int, depth_offset: int = 0) -> dict:
+        edges = [{"from": f"v{i}", "to": f"v{i + 1}", "op": "weight", "kernel": 3} for i in range(layers)]
+        return {"edges": edges, "depth_offset": depth_offset}
+
+    def transfer(conv: str, depth_offset: int = 0):
+        t = Transferer("graph", 0.05, base=parse_arch(cnn_chain(10, depth_offset)), rule="effective-depth",
+                       convention=conv)
+        return t(parse_arch(cnn_chain(30, depth_offset)))
+
+    for conv, unit, ratio in (("reference", 1, 0.211372), ("paper", -1, 0.172889)):
+        r = transfer(conv)
+        assert (r.base_effective_depth, r.effective_depth) == (10 + unit, 30 + unit)
+        assert r.ratio == pytest.approx(ratio, abs=1e-6) and r.kernel_factor == 1.0
+    bare = transfer("paper", depth_offset=1)
+    assert (bare.base_effective_depth, bare.effective_depth) == (10, 30)
+    assert bare.ratio == pytest.approx(0.192450, abs=1e-6)
+    assert bare.lr == pytest.approx(0.0096225, abs=1e-7)
 
 
 def test_graph_family_matches_mlp_code_through_offsets():
