@@ -82,4 +82,12 @@ def stable_hash(data: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-__all__ = ["json_restore", "json_safe", "jsonable", "stable_hash", "write_json"]
+
+
+def read_json(directory: str | os.PathLike[str], name: str | None = None) -> Any:
+    """The JSON document at ``directory/name`` (or at ``directory`` when ``name`` is None)."""
+    path = Path(directory) if name is None else Path(directory, name)
+    return json.loads(path.read_text())
+
+
+__all__ = ["json_restore", "json_safe", "jsonable", "read_json", "stable_hash", "write_json"]

@@ -208,5 +208,50 @@ def plot_scatter(
     return save(fig, path)
 
 
-__all__ = ["DPI", "figure", "plot_gaps", "plot_lr_curve", "plot_pred_vs_measured", "plot_scatter", "plot_topk",
-           "save"]
+# --- the transfer comparison -------------------------------------------------------------------------------
+
+
+def _short(arch: str, n: int = 18) -> str:
+    return arch if len(arch) <= n else arch[: n - 1] + "…"
+
+
+def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, family: str, dataset: str) -> Path:
+    """Final accuracy of every architecture under both arms (a transfer run's comparison)."""
+    fig, ax = figure(max(6.0, 1.1 * len(rows) + 2), 4.2)
+    x = list(range(len(rows)))
+    w = 0.38
+    shown: list[float] = []
+    for off, arm, color in ((-w / 2, "autoscaled", "tab:blue"), (w / 2, "fixed", "tab:orange")):
+        ys = [100 * (r.get(f"{arm}_acc") or 0.0) for r in rows]
+        shown += ys
+        bars = ax.bar([i + off for i in x], ys, w, label=arm, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
+    if shown:  # the differences between arms are a few points: zoom on them (the axis says where it starts)
+        lo, hi = min(shown), max(shown)
+        pad = max(1.0, 0.15 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+    ax.set_xticks(x, [_short(r["arch"]) for r in rows], rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("final eval accuracy (%)")
+    ax.set_title(f"Autoscaled vs fixed recipe: {family} on {dataset}")
+    ax.legend(fontsize="small")
+    return save(fig, path, dpi=100)
+
+
+def plot_lrs(rows: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], path: Path, family: str) -> Path:
+    """The transferred LR of every architecture against the base and fixed LRs."""
+    fig, ax = figure(max(6.0, 1.0 * len(rows) + 2), 4.2)
+    x = list(range(len(rows)))
+    ax.bar(x, [r.get("predicted_lr") or 0.0 for r in rows], 0.6, color="tab:blue", label="transferred LR (autoscaled)")
+    if plan.get("base_lr"):
+        ax.axhline(plan["base_lr"], color="gray", ls="--", lw=1, label=f"base LR {plan['base_lr']:.3g} (proxy)")
+    if plan.get("fixed_lr") and plan.get("fixed_lr") != plan.get("base_lr"):
+        ax.axhline(plan["fixed_lr"], color="tab:orange", ls=":", lw=1, label=f"fixed LR {plan['fixed_lr']:.3g}")
+    ax.set_xticks(x, [_short(r["arch"]) for r in rows], rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"Predicted LR per architecture ({family}, rule {plan.get('rule')}, {plan.get('convention')})")
+    ax.legend(fontsize="small")
+    return save(fig, path, dpi=100)
+
+
+__all__ = ["DPI", "figure", "plot_accuracy", "plot_gaps", "plot_lr_curve", "plot_lrs", "plot_pred_vs_measured",
+           "plot_scatter", "plot_topk", "save"]

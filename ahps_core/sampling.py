@@ -1,7 +1,7 @@
 """Reproducible samples of NAS-Bench-201 cells, deduplicated, optionally stratified by benchmark accuracy.
 
 The space is every NB201 cell: 4 nodes, 6 edges, 5 ops, 5^6 = 15,625 cells (Dong & Yang, ICLR 2020). Chen et
-al. (ICLR 2024, §4.3) train "randomly sampled" cells without saying how many or how; see papers.md A9.
+al. (ICLR 2024, §4.3) train "randomly sampled" cells without saying how many or how; see docs/conventions.md A9.
 
 Duplicates ("isomorphic" cells)
 -------------------------------
@@ -35,14 +35,15 @@ in one ``function`` class) and never mixes op counts. Like NB201's key, it treat
 node as zero (exact for pooling; for ReLU-Conv-BN it drops BN's learnable constant).
 
 Cells without an input->output path (341 of 15,625) output zero: they are never sampled and are recorded in
-:attr:`Sample.skipped` with the reason, as the design requires for batches.
+:attr:`Sample.skipped` with the reason (a batch never stops on one bad item); isomorphic duplicates of records are
+listed in :attr:`Sample.duplicates` with the cell they duplicate.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
@@ -70,7 +71,8 @@ class Sample:
     """A sample of cells (NB201 arch strings, in the order drawn) and the candidates it had to skip.
 
     ``n_candidates`` cells were considered (the space, or the records' architectures); ``n_skipped`` of them
-    have no path; ``n_duplicates`` were dropped as equivalent to an earlier one; ``pool_size`` remained.
+    have no path; ``n_duplicates`` were dropped as equivalent to an earlier one (``duplicates`` lists each with
+    the cell it duplicates, when the candidates are benchmark records); ``pool_size`` remained.
     ``strata`` (stratified samples only) gives each accuracy bin's range, size and draw.
     """
 
@@ -84,6 +86,7 @@ class Sample:
     n_duplicates: int
     pool_size: int
     strata: list[dict] | None = None
+    duplicates: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -239,13 +242,18 @@ def sample_cells(
     else:
         candidates = sorted({nb201_arch_string(a) for a in records.arch_strs()}, key=_code_order)
         keys = [iso_key(a, rule) for a in candidates]
-    skipped = [{"arch": a, "reason": NO_PATH_REASON} for a, key in zip(candidates, keys) if key is None]
+    skipped = [{"arch": a, "reason": NO_PATH_REASON} for a, key in zip(candidates, keys, strict=True) if key is None]
     pool: list[str] = []
-    seen: set[Hashable] = set()
-    for a, key in zip(candidates, keys):
-        if key is None or (dedup and key in seen):
+    kept: dict[Hashable, str] = {}
+    duplicates: list[dict[str, str]] = []
+    for a, key in zip(candidates, keys, strict=True):
+        if key is None:
             continue
-        seen.add(key)
+        if dedup and key in kept:
+            if records is not None:  # the whole space's ~10k duplicates are counted, not listed
+                duplicates.append({"arch": a, "reason": f"isomorphic duplicate of {kept[key]} (dedup rule {iso!r})"})
+            continue
+        kept[key] = a
         pool.append(a)
     n_duplicates = len(candidates) - len(skipped) - len(pool)
     if k > len(pool):
@@ -273,6 +281,7 @@ def sample_cells(
         n_duplicates=n_duplicates,
         pool_size=len(pool),
         strata=bins,
+        duplicates=duplicates,
     )
 
 

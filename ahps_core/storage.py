@@ -1,6 +1,6 @@
 """Checkpoint storage for pipeline steps: a local directory or ``s3://bucket/prefix``, kept in sync.
 
-A training step of the pipeline keeps its checkpoint under ``<checkpoint_root>/<run_group>/<arch>/<recipe>/<seed>/``
+A training step of the pipeline keeps its checkpoint under ``<checkpoint_root>/<run_group>/<arch>/<arm>/<seed>/``
 (:func:`checkpoint_location`). ``checkpoint_root`` is either a plain directory (the local runner, a PVC) or an S3
 prefix (a cluster whose pods are preempted: the checkpoint must outlive the pod). :class:`CheckpointSync` hides
 the difference::
@@ -16,7 +16,8 @@ modification time changed since the last push, so pushing after every epoch cost
 (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ...): in the
 cluster they come from Kubernetes secrets as environment variables, never from pipeline parameters.
 
-Errors are :class:`~ahps_core.errors.DataError` naming the URI. boto3 is imported lazily.
+Errors are :class:`~ahps_core.errors.DataError` naming the URI (:func:`ahps_core.data.s3.as_data_error`). boto3
+is imported lazily.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ahps_core.errors import ConfigError, DataError
+from ahps_core.data.s3 import as_data_error, make_client, parse_s3_uri
+from ahps_core.errors import ConfigError
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -57,32 +59,11 @@ def join(root: str, *parts: str) -> str:
     return str(Path(root, *parts))
 
 
-def checkpoint_location(root: str, run_group: str, arch: str, recipe: str, seed: int) -> str:
-    """``<root>/<run_group>/<arch>/<recipe>/<seed>`` with every part made path safe (:func:`slug`)."""
+def checkpoint_location(root: str, run_group: str, arch: str, arm: str, seed: int) -> str:
+    """``<root>/<run_group>/<arch>/<arm>/<seed>`` with every part made path safe (:func:`slug`)."""
     if not root:
         raise ConfigError("checkpoint root is empty: give a directory or s3://bucket/prefix")
-    return join(root, slug(run_group), slug(arch), slug(recipe), str(int(seed)))
-
-
-def _client(endpoint_url: str | None = None) -> Any:
-    from ahps_core.data.s3 import make_client
-
-    return make_client(endpoint_url or None)
-
-
-def _split(uri: str) -> tuple[str, str]:
-    from ahps_core.data.s3 import parse_s3_uri
-
-    return parse_s3_uri(uri)
-
-
-def _s3_error(exc: Exception, uri: str, what: str) -> DataError:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return DataError(f"S3 {what} {uri} failed: {err.get('Code', '?')} {err.get('Message', '')}".rstrip())
-    return DataError(f"S3 {what} {uri} failed: {exc}")
+    return join(root, slug(run_group), slug(arch), slug(arm), str(int(seed)))
 
 
 def download_prefix(uri: str, dest: str | os.PathLike[str], *, endpoint_url: str | None = None) -> list[str]:
@@ -92,9 +73,9 @@ def download_prefix(uri: str, dest: str | os.PathLike[str], *, endpoint_url: str
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, prefix = _split(uri)
+    bucket, prefix = parse_s3_uri(uri)
     start = f"{prefix}/" if prefix else ""
-    client = _client(endpoint_url)
+    client = make_client(endpoint_url)
     dest = Path(dest)
     got: list[str] = []
     try:
@@ -112,7 +93,7 @@ def download_prefix(uri: str, dest: str | os.PathLike[str], *, endpoint_url: str
                 os.replace(tmp, target)
                 got.append(name)
     except (BotoCoreError, ClientError) as exc:
-        raise _s3_error(exc, uri, "download of") from exc
+        raise as_data_error(exc, uri, "download of") from exc
     return got
 
 
@@ -148,8 +129,8 @@ class CheckpointSync:
             return []
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, prefix = _split(self.location)
-        client = _client(self.endpoint_url)
+        bucket, prefix = parse_s3_uri(self.location)
+        client = make_client(self.endpoint_url)
         sent = []
         for path in self._files():
             rel, stamp = self._rel(path), self._stamp(path)
@@ -159,7 +140,7 @@ class CheckpointSync:
             try:
                 client.upload_file(str(path), bucket, key)
             except (BotoCoreError, ClientError) as exc:
-                raise _s3_error(exc, f"s3://{bucket}/{key}", "upload to") from exc
+                raise as_data_error(exc, f"s3://{bucket}/{key}", "upload to") from exc
             self._pushed[rel] = stamp
             sent.append(rel)
         return sent

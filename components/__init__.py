@@ -1,4 +1,4 @@
-"""KFP components of ahps, thin over :mod:`ahps_core` (logic in :mod:`ahps_core.workflow`).
+"""KFP components of ahps: each calls one step of :mod:`ahps_core.steps` (see :mod:`components.ops`).
 
 ``base_image`` is fixed when a component is defined, so components are built by a factory::
 

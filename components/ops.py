@@ -1,15 +1,20 @@
-"""The KFP component functions of ahps. Only each function's *source* is shipped to the task (kfp lightweight
-components), so every body imports what it needs inside, from the installed ``ahps_core``/``components``
-packages, and delegates to :mod:`ahps_core.workflow`. Build the components with
-:func:`components.make_components` (it fixes ``base_image``); do not decorate these functions here.
+"""The KFP component functions of ahps: each one calls exactly one step of :mod:`ahps_core.steps` and turns its
+result into KFP outputs. Only each function's *source* is shipped to the task (kfp lightweight components), so
+every body imports what it needs inside, from the installed ``ahps_core``/``components`` packages. Build the
+components with :func:`components.make_components` (it fixes ``base_image``); do not decorate these functions
+here.
 
-Numbers inside dict parameters (ParallelFor items, dict outputs) arrive as floats: the steps cast them.
+Numbers inside list and dict parameters (ParallelFor items, dict outputs) arrive as floats: the steps cast them.
+The run group travels inside the training items: kfp 2.17's local runner resolves any *other* upstream task output
+used inside a ParallelFor to the loop item.
 No ``from __future__ import annotations`` here: kfp reads the annotations as types.
 """
 
 from typing import List, NamedTuple
 
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
+
+# --- the transfer pipeline ---------------------------------------------------------------------------------
 
 
 def find_base_lr(
@@ -35,24 +40,24 @@ def find_base_lr(
     s3_endpoint: str,
     search: Output[Artifact],
 ) -> NamedTuple("Outputs", [("base_lr", float), ("run_group", str)]):
-    """Base LR on the family's one-hidden-layer proxy (or the given one); creates the run group's parent run."""
+    """Opens the run group (its MLflow parent run), then the base LR on the family's one-hidden-layer proxy (or the
+    given one)."""
     import collections
 
-    from ahps_core.workflow import find_base_lr_step, prepare_env, resolve_run_group
+    from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.transfer import find_base_lr_step
+    from components.outputs import set_metadata
 
     prepare_env(s3_endpoint)
-    group = resolve_run_group(run_group, job_id)
-    params = dict(family=family, dataset=dataset, data_source=data_source, targets=targets, seeds=seeds,
-                  epochs=epochs, rule=rule, convention=convention, base_lr_given=base_lr, fixed_lr=fixed_lr,
-                  lr_grid=lr_grid, lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size,
-                  width=width, run_group=group)
     result = find_base_lr_step(
-        family=family, dataset=dataset, data_source=data_source, base_lr=base_lr, lr_grid=[float(x) for x in lr_grid],
-        lr_seeds=int(lr_seeds), width=int(width), tracking_uri=tracking_uri, experiment=mlflow_experiment,
-        run_group=group, parent_params=params, out_dir=search.path,
+        family=family, dataset=dataset, data_source=data_source, targets=targets, seeds=seeds, epochs=epochs,
+        rule=rule, convention=convention, base_lr=base_lr, fixed_lr=fixed_lr, lr_grid=lr_grid, lr_seeds=lr_seeds,
+        train_recipe=train_recipe, batch_size=batch_size, width=width, tracking_uri=tracking_uri,
+        experiment=mlflow_experiment, run_group=run_group, job_id=job_id, s3_endpoint=s3_endpoint,
+        out_dir=search.path,
     )
-    search.metadata.update({"base_lr": result["base_lr"], "source": result["source"], "run_group": group})
-    return collections.namedtuple("Outputs", ["base_lr", "run_group"])(float(result["base_lr"]), group)
+    set_metadata(search, result, ("base_lr", "source", "run_group"))
+    return collections.namedtuple("Outputs", ["base_lr", "run_group"])(float(result["base_lr"]), result["run_group"])
 
 
 def transfer(
@@ -69,10 +74,11 @@ def transfer(
     plan: Output[Artifact],
 ) -> List[dict]:
     """LR + init plan of every target x {autoscaled, fixed} x seed; skipped targets recorded with their reason."""
-    from ahps_core.workflow import prepare_env, transfer_step
+    from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.transfer import plan_step
 
     prepare_env()
-    items = transfer_step(
+    items = plan_step(
         family=family, targets=[str(t) for t in targets], seeds=list(seeds), base_lr=base_lr, fixed_lr=fixed_lr,
         rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         run_group=run_group, out_dir=plan.path,
@@ -101,26 +107,22 @@ def train(
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> dict:
-    """One architecture x recipe x seed: trains (or reuses a finished run), writes the checkpoint and result.
-
-    The run-group key comes in ``item`` (the transfer step puts it there): kfp 2.17's local runner resolves any
-    *other* upstream task output used inside a ParallelFor to the loop item."""
-    from ahps_core.workflow import prepare_env, train_step
+    """One architecture x arm x seed: trains (or reuses a finished run), writes the checkpoint and result."""
+    from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.training import train_step
+    from components.outputs import log_metrics, scalars, set_metadata
 
     prepare_env(s3_endpoint)
     summary = train_step(
         item=item, family=family, dataset=dataset, data_source=data_source, epochs=epochs, train_recipe=train_recipe,
         batch_size=batch_size, width=width, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
-        run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path,
+        run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
+        model_dir=model.path,
     )
-    for key in ("arch", "recipe", "seed", "lr", "status", "mlflow_run_id", "reused"):
-        model.metadata[key] = summary.get(key)
-    for key in ("eval_acc", "train_loss", "lr"):
-        value = summary.get(key)
-        if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
-            metrics.log_metric(key, float(value))
-    return {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    set_metadata(model, summary, ("arch", "arm", "seed", "lr", "status", "mlflow_run_id", "reused"))
+    log_metrics(metrics, summary, ("eval_acc", "train_loss", "lr"))
+    return scalars(summary)
 
 
 def compare(
@@ -135,28 +137,25 @@ def compare(
     report: Output[Markdown],
     metrics: Output[Metrics],
 ):
-    """Fan-in: accuracy per recipe, ranks, Kendall tau-b / Spearman between recipes, deltas, plots."""
-    import json
-    import os
-
-    from ahps_core.workflow import PLAN_FILE, compare_step, format_markdown, prepare_env
+    """Fan-in: accuracy per arm, ranks, Kendall tau-b / Spearman between the arms, deltas, plots."""
+    from ahps_core.jsonio import read_json
+    from ahps_core.reports import format_markdown
+    from ahps_core.steps.common import PLAN_FILE, prepare_env
+    from ahps_core.steps.transfer import compare_step
+    from components.outputs import log_metrics
 
     prepare_env()
-    with open(os.path.join(plan.path, PLAN_FILE)) as fh:
-        plan_data = json.load(fh)
     result = compare_step(
-        results=list(results), plan=plan_data, family=family, dataset=dataset, tracking_uri=tracking_uri,
-        experiment=mlflow_experiment, run_group=run_group, out_dir=summary.path,
+        results=list(results), plan=read_json(plan.path, PLAN_FILE), family=family, dataset=dataset,
+        tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group, out_dir=summary.path,
     )
     with open(report.path, "w") as fh:
         fh.write(format_markdown(result))
-    for key, value in result["stats"].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-            metrics.log_metric(key, float(value))
+    log_metrics(metrics, result["stats"])
     summary.metadata.update({"run_group": run_group, "mlflow_parent_run_id": result["mlflow"]["parent_run_id"]})
 
 
-# --- the reevaluate pipeline --------------------------------------------------------------------------------
+# --- the reevaluate pipeline -------------------------------------------------------------------------------
 
 
 def sample_cells(
@@ -190,29 +189,24 @@ def sample_cells(
     s3_endpoint: str,
     cells: Output[Artifact],
 ) -> NamedTuple("Outputs", [("run_group", str), ("n_cells", int)]):
-    """Samples NB201 cells from the benchmark records (with their recorded accuracies); creates the parent run."""
+    """Samples NB201 cells from the benchmark records (with their recorded accuracies); opens the run group."""
     import collections
 
-    from ahps_core.workflow import _k_num, as_int, budget_info, is_synthetic, prepare_env, resolve_run_group, sample_step
+    from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.reevaluate import sample_step
 
     prepare_env(s3_endpoint)
-    seeds, topk = [as_int(s) for s in seeds], [_k_num(k) for k in topk]  # list items arrive as floats
-    group = resolve_run_group(run_group, job_id)
-    budget = budget_info(C=C, N=N, epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch,
-                         synthetic=is_synthetic(checksums_file, data_source), benchmark=benchmark)
-    params = dict(family=family, benchmark=benchmark, dataset=dataset, data_source=data_source,
-                  checksums_file=checksums_file, sample_size=sample_size, sample_seed=sample_seed, stratify=stratify,
-                  dedup=dedup, base_lr_given=base_lr, lr_grid=lr_grid, lr_seeds=lr_seeds, rule=rule,
-                  convention=convention, epochs=epochs, seeds=seeds, C=C, N=N, batch_size=batch_size,
-                  max_steps_per_epoch=max_steps_per_epoch, topk=topk, n_boot=n_boot, select_by=select_by,
-                  run_group=group, budget=budget["label"], budget_reasons="; ".join(budget["reasons"]) or "none")
     data = sample_step(
-        benchmark=benchmark, dataset=dataset, sample_size=int(sample_size), sample_seed=int(sample_seed),
-        stratify=bool(stratify), dedup=dedup, tracking_uri=tracking_uri, experiment=mlflow_experiment,
-        run_group=group, parent_params=params, budget=budget, out_dir=cells.path, s3_endpoint=s3_endpoint,
+        family=family, benchmark=benchmark, dataset=dataset, data_source=data_source, checksums_file=checksums_file,
+        sample_size=sample_size, sample_seed=sample_seed, stratify=stratify, dedup=dedup, base_lr=base_lr,
+        lr_grid=lr_grid, lr_seeds=lr_seeds, rule=rule, convention=convention, epochs=epochs, seeds=seeds, C=C, N=N,
+        batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, topk=topk, n_boot=n_boot,
+        select_by=select_by, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
+        job_id=job_id, s3_endpoint=s3_endpoint, out_dir=cells.path,
     )
-    cells.metadata.update({"n_cells": len(data["cells"]), "run_group": group, "budget": budget["label"]})
-    return collections.namedtuple("Outputs", ["run_group", "n_cells"])(group, len(data["cells"]))
+    cells.metadata.update({"n_cells": len(data["cells"]), "run_group": data["run_group"],
+                           "budget": data["budget"]["label"]})
+    return collections.namedtuple("Outputs", ["run_group", "n_cells"])(data["run_group"], len(data["cells"]))
 
 
 def reeval_base_lr(
@@ -233,16 +227,17 @@ def reeval_base_lr(
     """The base LR: given (NB201 reference: 0.46), or found on the nb201 proxy (``base_lr`` 0)."""
     import collections
 
-    from ahps_core.workflow import find_base_lr_step, prepare_env
+    from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.reevaluate import reeval_base_lr_step
+    from components.outputs import set_metadata
 
     prepare_env(s3_endpoint)
-    result = find_base_lr_step(
-        family="nb201", dataset=dataset, data_source=data_source, base_lr=base_lr,
-        lr_grid=[float(x) for x in lr_grid], lr_seeds=int(lr_seeds), width=0, tracking_uri=tracking_uri,
-        experiment=mlflow_experiment, run_group=run_group, parent_params={}, out_dir=search.path,
-        pipeline="reevaluate", C=int(C), N=int(N), checksums_file=checksums_file, s3_endpoint=s3_endpoint,
+    result = reeval_base_lr_step(
+        dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr, lr_grid=lr_grid,
+        lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
+        s3_endpoint=s3_endpoint, out_dir=search.path,
     )
-    search.metadata.update({"base_lr": result["base_lr"], "source": result["source"], "run_group": run_group})
+    set_metadata(search, result, ("base_lr", "source", "run_group"))
     return collections.namedtuple("Outputs", ["base_lr"])(float(result["base_lr"]))
 
 
@@ -257,18 +252,16 @@ def reeval_plan(
     run_group: str,
     plan: Output[Artifact],
 ) -> List[dict]:
-    """Transferred LR + arch-aware init of every sampled cell x seed (autoscaled recipe), with its benchmark acc."""
-    import json
-    import os
-
-    from ahps_core.workflow import SAMPLE_FILE, prepare_env, reeval_plan_step
+    """Transferred LR + arch-aware init of every sampled cell x seed (autoscaled arm), with its benchmark acc."""
+    from ahps_core.jsonio import read_json
+    from ahps_core.steps.common import SAMPLE_FILE, prepare_env
+    from ahps_core.steps.reevaluate import reeval_plan_step
 
     prepare_env()
-    with open(os.path.join(cells.path, SAMPLE_FILE)) as fh:
-        sample = json.load(fh)
     items = reeval_plan_step(
-        sample=sample, seeds=list(seeds), base_lr=base_lr, rule=rule, convention=convention,
-        tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group, out_dir=plan.path,
+        sample=read_json(cells.path, SAMPLE_FILE), seeds=list(seeds), base_lr=base_lr, rule=rule,
+        convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
+        out_dir=plan.path,
     )
     plan.metadata.update({"trainings": len(items), "base_lr": base_lr})
     return items
@@ -294,11 +287,10 @@ def reeval_train(
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> dict:
-    """One cell x seed with the NB201 recipe at its own LR and init; logs benchmark_acc, new_acc, delta.
-
-    The run group, LR and benchmark accuracy come in ``item`` (kfp 2.17's local runner resolves any *other*
-    upstream task output used inside a ParallelFor to the loop item)."""
-    from ahps_core.workflow import prepare_env, reeval_train_step
+    """One cell x seed with the NB201 recipe at its own LR and init; logs benchmark_acc, new_acc, delta."""
+    from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.reevaluate import reeval_train_step
+    from components.outputs import log_metrics, scalars, set_metadata
 
     prepare_env(s3_endpoint)
     summary = reeval_train_step(
@@ -307,13 +299,10 @@ def reeval_train(
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path,
     )
-    for key in ("arch", "arch_code", "benchmark_index", "seed", "lr", "status", "mlflow_run_id", "reused"):
-        model.metadata[key] = summary.get(key)
-    for key in ("new_acc", "benchmark_acc", "delta", "train_loss", "lr"):
-        value = summary.get(key)
-        if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
-            metrics.log_metric(key, float(value))
-    return {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    set_metadata(model, summary, ("arch", "arch_code", "benchmark_index", "seed", "lr", "status", "mlflow_run_id",
+                                  "reused"))
+    log_metrics(metrics, summary, ("new_acc", "benchmark_acc", "delta", "train_loss", "lr"))
+    return scalars(summary)
 
 
 def rank(
@@ -332,32 +321,20 @@ def rank(
     metrics: Output[Metrics],
 ):
     """Fan-in: Kendall tau-b / Spearman / seed-noise floor per top-K%, mean delta, gaps, plots; the ranking run."""
-    import json
-    import os
-
-    from ahps_core.workflow import (
-        PLAN_FILE,
-        SAMPLE_FILE,
-        format_reevaluation_markdown,
-        prepare_env,
-        rank_step,
-        ranking_metrics,
-    )
+    from ahps_core.jsonio import read_json
+    from ahps_core.reports import format_reevaluation_markdown
+    from ahps_core.steps.common import PLAN_FILE, SAMPLE_FILE, prepare_env
+    from ahps_core.steps.reevaluate import rank_step, ranking_metrics
+    from components.outputs import log_metrics
 
     prepare_env()
-    with open(os.path.join(cells.path, SAMPLE_FILE)) as fh:
-        sample = json.load(fh)
-    with open(os.path.join(plan.path, PLAN_FILE)) as fh:
-        plan_data = json.load(fh)
     result = rank_step(
-        results=list(results), sample=sample, plan=plan_data, dataset=dataset, topk=list(topk), n_boot=int(n_boot),
-        select_by=select_by, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
-        out_dir=summary.path,
+        results=list(results), sample=read_json(cells.path, SAMPLE_FILE), plan=read_json(plan.path, PLAN_FILE),
+        dataset=dataset, topk=list(topk), n_boot=int(n_boot), select_by=select_by, tracking_uri=tracking_uri,
+        experiment=mlflow_experiment, run_group=run_group, out_dir=summary.path,
     )
     with open(report.path, "w") as fh:
         fh.write(format_reevaluation_markdown(result))
-    for key, value in ranking_metrics(result).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-            metrics.log_metric(key, float(value))
+    log_metrics(metrics, ranking_metrics(result))
     summary.metadata.update({"run_group": run_group, "mlflow_parent_run_id": result["mlflow"]["parent_run_id"],
                              "mlflow_ranking_run_id": result["mlflow"]["ranking_run_id"]})

@@ -14,27 +14,14 @@ Why the accelerator type/count are compile-time options and not pipeline paramet
 parameter there, but the local runner then fails inside the ParallelFor ("Parent pipeline input argument
 'pipelinechannel--...' not found"), and the same pipeline must run locally.
 
-Credential *values* are never parameters: only secret names are.
+Credential *values* are never parameters: only secret names are. The parameters' checks are
+:func:`ahps_core.steps.params.check_transfer`; the steps themselves :mod:`ahps_core.steps.transfer`.
 
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
 """
 
-import os
-from pathlib import Path
-from typing import Any
-
-from ahps_core.errors import ConfigError
 from pipelines import Param
-from pipelines._cluster import (  # noqa: F401 - re-exported: the constants were defined here first
-    DEFAULT_ACCELERATOR,
-    DEFAULT_CACHE_DIR,
-    DEFAULT_TOLERATIONS,
-    MLFLOW_SECRET_KEYS,
-    S3_SECRET_KEYS,
-    TaskSettings,
-    cluster_params,
-    validate_cluster_params,
-)
+from pipelines.cluster import TaskSettings, cluster_params, pipeline_context
 
 NAME = "transfer"
 PIPELINE_NAME = "ahps-transfer"
@@ -69,32 +56,13 @@ PARAMS: dict[str, Param] = {
 D = {k: p.default for k, p in PARAMS.items()}
 
 
-def build(
-    *,
-    base_image: str | None = None,
-    accelerator: str = DEFAULT_ACCELERATOR,
-    gpus: int = 1,
-    dataset_pvc: str = "",
-    cache_dir: str = DEFAULT_CACHE_DIR,
-    parallelism: int = 0,
-    retries: int = 3,
-    backoff: str = "60s",
-    backoff_factor: float = 2.0,
-):
-    """The pipeline (a ``@dsl.pipeline`` component) with these compile-time options.
-
-    ``accelerator``: resource type the training steps request (``""``: no GPU request), ``gpus`` of them;
-    ``dataset_pvc``: a PVC mounted at ``cache_dir`` instead of an emptyDir (``cache_dir`` ``""``: no cache volume
-    and no ``AHPS_DATA_CACHE``); ``parallelism``: concurrent trainings (0: unlimited); ``retries``: retries of the
-    training steps after a failure/preemption (0: none) with ``backoff`` doubling by ``backoff_factor``.
-    """
+def build(settings: TaskSettings | None = None, *, base_image: str | None = None):
+    """The pipeline (a ``@dsl.pipeline`` component) on ``base_image`` (default: :func:`components.default_image`)
+    with the compile-time ``settings`` (:class:`pipelines.cluster.TaskSettings`: GPU request, dataset cache,
+    parallelism, retries)."""
     from kfp import dsl
 
-    from components import make_components
-
-    c = make_components(base_image)
-    settings = TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, cache_dir=cache_dir,
-                            parallelism=parallelism, retries=retries, backoff=backoff, backoff_factor=backoff_factor)
+    c, settings = pipeline_context(settings, base_image)
     with_secrets, training_task = settings.with_secrets, settings.training
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
@@ -163,97 +131,3 @@ def build(
         return compared.outputs["summary"]
 
     return transfer
-
-
-# --- validation -------------------------------------------------------------------------------------------------
-
-#: Other spellings of the families (the chart and docs say nas-bench-201).
-FAMILY_ALIASES = {"nas-bench-201": "nb201", "nasbench201": "nb201", "nb-201": "nb201", "nats-bench": "nb201"}
-
-
-def _choice(name: str, value: Any, accepted: tuple[str, ...] | list[str]) -> None:
-    if value not in accepted:
-        raise ConfigError(f"unknown {name} {value!r}: accepted are {', '.join(accepted)}")
-
-
-def validate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
-    """Check a full parameter set (defaults filled in); returns it. ``local``: for ``ahps run`` (data paths must
-    exist here); otherwise for a cluster (``tracking_uri`` must be given: the pods need it)."""
-    from ahps_core.data import DATASETS
-    from ahps_core.graph import parse_arch
-    from ahps_core.scaling import CONVENTIONS, RULES, Transferer
-    from ahps_core.errors import ArchSpecError, NoPathError
-
-    p = dict(params)
-    p["family"] = FAMILY_ALIASES.get(str(p["family"]).lower(), p["family"])
-    _choice("family", p["family"], ("mlp", "cnn", "nb201"))
-    _choice("dataset", p["dataset"], tuple(DATASETS))
-    _choice("rule", p["rule"], RULES)
-    _choice("convention", p["convention"], CONVENTIONS)
-    _choice("device", p["device"], ("auto", "cpu", "cuda"))
-    targets = p["targets"]
-    if not targets:
-        raise ConfigError("the target list is empty: give at least one architecture, e.g. targets='[\"2_02\"]'")
-    if not all(isinstance(t, str) and t.strip() for t in targets):
-        raise ConfigError(f"targets {targets!r} must be non-empty architecture spec strings")
-    if len(set(targets)) != len(targets):
-        raise ConfigError(f"targets {targets!r} contain duplicates")
-    transferer = Transferer(p["family"], 1.0, rule=p["rule"], convention=p["convention"])
-    trainable = 0
-    for t in targets:
-        try:
-            graph = parse_arch(t, p["family"])
-        except NoPathError:
-            continue  # recorded as skipped by the transfer step
-        except ArchSpecError as exc:
-            raise ConfigError(f"target {t!r}: {exc}") from None
-        if graph.family != p["family"]:
-            raise ConfigError(f"target {t!r} is a {graph.family} architecture, but family is {p['family']!r}")
-        try:
-            transferer(graph)
-            trainable += 1
-        except NoPathError:
-            pass
-    if not trainable:
-        raise ConfigError(f"no target of {targets!r} has an input->output path: nothing can be trained")
-    seeds = p["seeds"]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"seeds {seeds!r} must be a non-empty list of integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds {seeds!r} contain duplicates")
-    for name, minimum in (("epochs", 1), ("lr_seeds", 1), ("batch_size", 0), ("width", 0),
-                          ("max_steps_per_epoch", 0)):
-        if p[name] < minimum:
-            raise ConfigError(f"{name} {p[name]!r} must be >= {minimum}")
-    for name in ("base_lr", "fixed_lr"):
-        if not p[name] >= 0 or p[name] == float("inf"):
-            raise ConfigError(f"{name} {p[name]!r} must be a finite number >= 0 (0: {PARAMS[name].help.split('; ')[-1]})")
-    for lr in p["lr_grid"]:
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise ConfigError(f"lr_grid {p['lr_grid']!r} must hold finite learning rates > 0")
-    if p["train_recipe"]:
-        from ahps_core.presets import PRESETS as RECIPES
-
-        _choice("train_recipe", p["train_recipe"], tuple(RECIPES))
-    if p["dataset"] == "digits":
-        if p["data_source"]:
-            raise ConfigError(f"dataset digits ships with scikit-learn: data_source must be empty (got "
-                              f"{p['data_source']!r})")
-    elif not p["data_source"]:
-        raise ConfigError(f"dataset {p['dataset']} needs data_source: a directory or s3://bucket/prefix with its files")
-    elif local and not p["data_source"].startswith("s3://") and not Path(p["data_source"]).exists():
-        raise ConfigError(f"data_source {p['data_source']!r} does not exist")
-    validate_cluster_params(p, local=local)
-    return p
-
-
-def local_defaults(workdir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parameter values ``ahps run`` adds (unless given): checkpoints under ``<workdir>/checkpoints`` (so an
-    interrupted local run resumes its trainings)."""
-    return {"checkpoint_root": str(Path(workdir).resolve() / "checkpoints")}
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    from ahps_core.workflow import format_stats, format_table
-
-    return f"{format_table(summary)}\n\n{format_stats(summary)}"

@@ -22,6 +22,9 @@ SCIENCE = [
     "ahps_core.models.fx", "ahps_core.init", "ahps_core.data", "ahps_core.runtime", "ahps_core.checkpoint",
     "ahps_core.presets", "ahps_core.train", "ahps_core.probe", "ahps_core.lr_search", "ahps_core.validate",
     "ahps_core.benchmarks", "ahps_core.sampling", "ahps_core.ranking", "ahps_core.plots",
+    # plain-Python steps and reports: they reach MLflow only through ahps_core.tracking, when a step runs
+    "ahps_core.steps.common", "ahps_core.steps.base_lr", "ahps_core.steps.training", "ahps_core.steps.transfer",
+    "ahps_core.steps.reevaluate", "ahps_core.steps.params", "ahps_core.reports",
 ]
 
 
@@ -41,7 +44,7 @@ def _run(code: str, stubs: Path | None = None, *args: str) -> subprocess.Complet
     """``code`` (or, with ``args``, the ``ahps`` entry point) in a fresh interpreter, ``stubs`` first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (stubs, REPO) if p is not None])
-    command = [sys.executable, "-m", "ahps_core.cli", *args] if args else [sys.executable, "-c", code]
+    command = [sys.executable, "-m", "ahps.cli", *args] if args else [sys.executable, "-c", code]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
 
 
@@ -57,7 +60,11 @@ def test_every_module_imports_without_torchvision(tmp_path):
     _check_stub_is_found(tmp_path, "torchvision", marker)
     modules = [m.name for m in pkgutil.walk_packages(ahps_core.__path__, "ahps_core.")
                if not m.name.endswith("__main__")]
-    modules += ["components", "components.ops", "pipelines", "pipelines.transfer", "pipelines.reevaluate"]
+    import ahps
+
+    modules += [m.name for m in pkgutil.walk_packages(ahps.__path__, "ahps.")]
+    modules += ["components", "components.ops", "components.outputs", "pipelines", "pipelines.cluster",
+                "pipelines.transfer", "pipelines.reevaluate"]
     assert len(modules) > 30
     code = (
         "import importlib, sys\n"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from ahps_core.errors import ConfigError
-from pipelines import coerce_params, get_pipeline, parse_param_args
+from ahps.orchestration.params import coerce_params, parse_param_args
+from ahps_core.steps.params import check_transfer
+from pipelines import get_pipeline
 from tests.conftest import REPO, ahps_cmd, moto_s3_server, one_line_error
 
 TINY = ["-p", "targets=2_02,2_22,0_02", "-p", "epochs=1", "-p", "max_steps_per_epoch=8",
@@ -59,9 +61,8 @@ def test_param_parsing_and_coercion():
 
 
 def test_validation_messages():
-    module = get_pipeline("transfer").load()
     base = get_pipeline("transfer").defaults()
-    ok = module.validate({**base, "targets": ["2_02", "0_02"]}, local=True)
+    ok = check_transfer({**base, "targets": ["2_02", "0_02"]}, local=True)
     assert ok["targets"] == ["2_02", "0_02"]
     for change, message in [
         ({"targets": ["0_02"]}, "no target of .* has an input->output path"),
@@ -73,9 +74,9 @@ def test_validation_messages():
         ({"s3_secret": "Bad_Name"}, "not a valid Kubernetes secret name"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            module.validate({**base, **change}, local=True)
+            check_transfer({**base, **change}, local=True)
     with pytest.raises(ConfigError, match="tracking_uri is empty"):
-        module.validate(base, local=False)
+        check_transfer(base, local=False)
 
 
 # --- bad parameters: one line, no traceback, non-zero exit -------------------------------------------------------

@@ -263,7 +263,9 @@ def test_schedule_creates_a_recurring_run_of_the_reevaluate_package(capsys):
 
 def test_chart_hook_replaces_and_passes_only_accepted_parameters():
     helm = pytest.importorskip("helm_python")
-    from pipelines import coerce_params, get_pipeline, parse_param_args
+    from ahps.orchestration.params import coerce_params, parse_param_args
+    from ahps_core.steps.params import check_reevaluate
+    from pipelines import get_pipeline
 
     chart = REPO / "charts" / "ahps"
     production = yaml.safe_load((chart / "values-production.yaml").read_text())
@@ -281,8 +283,7 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters():
             pairs = [f"{k}={v}" for k, v in cm["data"].items()]
             given = coerce_params(get_pipeline("reevaluate"), parse_param_args(pairs))
             assert given["family"] == "nas-bench-201" and given["tracking_uri"].startswith("http://ahps-mlflow.")
-    module = get_pipeline("reevaluate").load()
-    checked = module.validate({**get_pipeline("reevaluate").defaults(), **given}, local=False)
+    checked = check_reevaluate({**get_pipeline("reevaluate").defaults(), **given}, local=False)
     assert checked["family"] == "nb201" and checked["benchmark"].startswith("s3://")
 
 
@@ -290,7 +291,7 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters():
 
 
 def test_budget_marking():
-    from ahps_core.workflow import budget_info
+    from ahps_core.steps.reevaluate import budget_info
 
     assert budget_info(C=16, N=5, epochs=200, batch_size=0, benchmark="s3://b/x")["reduced"] is False
     small = budget_info(C=16, N=5, epochs=50, benchmark="fixture")
@@ -301,12 +302,15 @@ def test_budget_marking():
 def test_skipped_cells_are_listed_with_reasons():
     """Cells without an input->output path and isomorphic duplicates among the candidates: both with a reason,
     consistent with the sampler's own counts."""
-    from ahps_core.sampling import NO_PATH_REASON, all_cells, sample_cells
-    from ahps_core.workflow import _duplicates, _Listing
+    from ahps_core.benchmarks.fetch import _Listing
+    from ahps_core.sampling import NO_PATH_REASON, all_cells, iso_key, sample_cells
 
     listing = _Listing(all_cells()[::29])  # 539 cells spread over the space
     drawn = sample_cells(20, 0, records=listing, dedup=True, iso="function")
-    dups = _duplicates(listing, "function")
+    dups = drawn.duplicates
+    kept = {d["reason"].split(" of ")[1].split(" (dedup")[0] for d in dups}
+    assert all(iso_key(d["arch"]) == iso_key(d["reason"].split(" of ")[1].split(" (dedup")[0]) for d in dups)
+    assert kept <= set(listing.arch_strs()) and not kept & {d["arch"] for d in dups}  # duplicates of a kept cell
     assert drawn.skipped and all(s["reason"] == NO_PATH_REASON for s in drawn.skipped)
     assert len(dups) == drawn.n_duplicates > 0
     assert all(d["reason"].startswith("isomorphic duplicate of |") for d in dups)
@@ -314,10 +318,10 @@ def test_skipped_cells_are_listed_with_reasons():
 
 
 def test_checksums_manifest_applies_to_its_own_data_source(tmp_path):
-    from ahps_core.workflow import load_checksums
-    from pipelines.reevaluate import SYNTHETIC_MANIFEST, write_synthetic_data
+    from ahps_core.data.checksums import load_checksums
+    from ahps_core.data.synthetic import SYNTHETIC_MANIFEST, write_synthetic_datasets
 
-    manifest = write_synthetic_data(tmp_path / "data")
+    manifest = write_synthetic_datasets(tmp_path / "data")
     assert manifest.name == SYNTHETIC_MANIFEST
     md5 = load_checksums(manifest, data_source=str(tmp_path / "data"))
     assert "cifar-10-batches-py/data_batch_1" in md5 and "cifar-100-python/train" in md5 and "val_data" in md5
@@ -326,7 +330,7 @@ def test_checksums_manifest_applies_to_its_own_data_source(tmp_path):
 
 def test_s3_benchmark_fetches_only_the_sampled_records(tmp_path, monkeypatch):
     boto3 = pytest.importorskip("boto3")
-    from ahps_core.workflow import open_benchmark_records
+    from ahps_core.benchmarks import open_benchmark_records
 
     with moto_s3_server() as url:
         for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

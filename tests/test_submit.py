@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from ahps_core.cli import main
-from ahps_core.cli.pipeline_cmds import kfp_cron
+from ahps.orchestration.cron import kfp_cron
 from ahps_core.errors import ConfigError
 from tests.conftest import REPO, ahps_cmd, one_line_error
 from tests.fake_kfp import FakeKFP

@@ -12,16 +12,20 @@ Sources of :data:`KNOWN_MD5` (copied, not computed here: no real dataset can be 
   D-X-Y/AutoDL-Projects (``train_list``, ``valid_list``).
 
 Keys are paths relative to the dataset root, with ``/`` separators, exactly as the loaders name them.
+Custom or generated data brings its own checksums file (:func:`read_checksums_manifest`, :func:`load_checksums`).
 The CIFAR ``batches.meta`` / ``meta`` files are not listed because the loaders never read them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from ahps_core.errors import ChecksumError, DataError
+from ahps_core.errors import ChecksumError, ConfigError, DataError
 
 KNOWN_MD5: dict[str, str] = {
     # CIFAR-10 (torchvision CIFAR10)
@@ -114,3 +118,61 @@ def read_verified(path: Path, expected: str | None) -> bytes:
     data = path.read_bytes()
     check_md5(path, md5_bytes(data), expected)
     return data
+
+
+# --- checksums files (manifests) ----------------------------------------------------------------------------
+
+#: The example a malformed checksums file's message shows.
+_MANIFEST_EXAMPLE = '{"cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f"}'
+
+
+def read_checksums_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checksums file as a manifest ``{"data_source": str, "synthetic": bool, "md5": {relative name: md5}}``.
+
+    The file is JSON: a plain ``{relative file name: md5}`` map, or a manifest ``{"data_source": DIR,
+    "synthetic": bool, "md5": {...}}`` as ``ahps run reevaluate`` writes next to its generated data. A missing or
+    malformed file is a :class:`ConfigError` naming it.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"checksums_file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"checksums_file {str(path)!r} is not JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("md5"), dict):
+        md5, manifest = data["md5"], data
+    else:
+        md5, manifest = data, {}
+    if not isinstance(md5, dict) or not md5 or not all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 32 for k, v in md5.items()
+    ):
+        raise ConfigError(f"checksums_file {str(path)!r} must map relative file names to md5 hex digests, e.g. "
+                          + _MANIFEST_EXAMPLE)
+    return {"data_source": str(manifest.get("data_source") or ""), "synthetic": bool(manifest.get("synthetic")),
+            "md5": md5}
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two data sources (directories or ``s3://`` prefixes) name the same place."""
+    if a.startswith("s3://") or b.startswith("s3://"):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def load_checksums(path: str | os.PathLike[str], *, data_source: str | None = None) -> dict[str, str] | None:
+    """The ``{relative file name: md5}`` map of a checksums file, for dataset files without a known checksum
+    (generated or custom data; ``load_dataset(checksums=...)`` verifies against it). A manifest describes one data
+    source: given ``data_source`` and a manifest for another one, the result is None (they do not apply there)."""
+    manifest = read_checksums_manifest(path)
+    if data_source is not None and manifest["data_source"] and not same_source(manifest["data_source"], data_source):
+        return None
+    return dict(manifest["md5"])
+
+
+def is_synthetic(checksums_file: str, data_source: str) -> bool:
+    """Whether ``checksums_file`` is the manifest of generated data (``"synthetic": true``) for ``data_source``."""
+    if not checksums_file:
+        return False
+    manifest = read_checksums_manifest(checksums_file)
+    return manifest["synthetic"] and (not manifest["data_source"] or same_source(manifest["data_source"],
+                                                                                  data_source))

@@ -56,8 +56,9 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def _as_data_error(exc: Exception, uri: str) -> DataError:
-    """A :class:`DataError` naming ``uri`` for a botocore ``ClientError``/``BotoCoreError``."""
+def as_data_error(exc: Exception, uri: str, what: str = "request for") -> DataError:
+    """A :class:`DataError` naming ``uri`` (and ``what`` was done: "request for", "upload to", ...) for a botocore
+    ``ClientError``/``BotoCoreError``: the one conversion of S3 errors in ahps."""
     from botocore.exceptions import ClientError
 
     if isinstance(exc, ClientError):
@@ -65,8 +66,8 @@ def _as_data_error(exc: Exception, uri: str) -> DataError:
         code = error.get("Code", "?")
         if code in ("404", "NoSuchKey", "NoSuchBucket"):
             return DataError(f"S3 object not found: {uri} ({code})")
-        return DataError(f"S3 request for {uri} failed: {code} {error.get('Message', '')}".rstrip())
-    return DataError(f"S3 request for {uri} failed: {exc}")
+        return DataError(f"S3 {what} {uri} failed: {code} {error.get('Message', '')}".rstrip())
+    return DataError(f"S3 {what} {uri} failed: {exc}")
 
 
 def _call(fn: Callable[..., Any], uri: str, **kwargs: Any) -> Any:
@@ -76,7 +77,7 @@ def _call(fn: Callable[..., Any], uri: str, **kwargs: Any) -> Any:
     try:
         return fn(**kwargs)
     except (BotoCoreError, ClientError) as exc:
-        raise _as_data_error(exc, uri) from exc
+        raise as_data_error(exc, uri) from exc
 
 
 def list_names(client: Any, bucket: str, prefix: str) -> set[str]:
@@ -88,7 +89,7 @@ def list_names(client: Any, bucket: str, prefix: str) -> set[str]:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start)
         return {obj["Key"][len(start) :] for page in pages for obj in page.get("Contents", [])}
     except (BotoCoreError, ClientError) as exc:
-        raise _as_data_error(exc, f"s3://{bucket}/{start}") from exc
+        raise as_data_error(exc, f"s3://{bucket}/{start}") from exc
 
 
 def _is_current(path: Path, md5: str | None) -> bool:
@@ -183,7 +184,7 @@ def _append_range(
             part.unlink(missing_ok=True)
             record.unlink(missing_ok=True)
             raise DataError(f"{uri} changed during the download (ETag is no longer {etag}); run again") from exc
-        raise _as_data_error(exc, uri) from exc
+        raise as_data_error(exc, uri) from exc
     with open(part, "ab") as handle:
         handle.writelines(response["Body"].iter_chunks(_CHUNK))
 

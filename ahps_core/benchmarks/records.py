@@ -1,4 +1,4 @@
-"""NAS-Bench-201 / NATS-Bench (topology space) records behind one interface.
+"""NAS-Bench-201 / NATS-Bench (topology space) records: every accepted format, one query interface.
 
 Formats accepted by :func:`open_benchmark`:
 

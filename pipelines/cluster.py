@@ -6,8 +6,9 @@
   a task -- :meth:`TaskSettings.with_secrets` (S3 and MLflow credentials as env vars from Kubernetes secrets,
   optional, names from parameters), :meth:`TaskSettings.training` (GPU request, tolerations and node selector
   from parameters, the dataset cache volume, preemption retries);
-* :func:`validate_cluster_params`: checks of those parameters (secret names, placement, tracking URI, checkpoint
-  root), with the same messages for every pipeline.
+* :func:`pipeline_context`: the components and settings a pipeline's ``build`` wires.
+
+The checks of these parameters live with the others in :mod:`ahps_core.steps.params`.
 
 On kfp's local runner all of these are ignored (it warns about the GPU request and retries; kfp-kubernetes
 settings are silently ignored). Credential *values* are never parameters: only secret names are.
@@ -15,9 +16,8 @@ settings are silently ignored). Credential *values* are never parameters: only s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
 
 from ahps_core.errors import ConfigError
 from pipelines import Param
@@ -28,7 +28,6 @@ DEFAULT_CACHE_DIR = "/var/cache/ahps/data"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CACHE_VOLUME = "ahps-data-cache"
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 def cluster_params(*, experiment: str = "ahps") -> dict[str, Param]:
@@ -113,28 +112,12 @@ class TaskSettings:
         return task
 
 
-def validate_cluster_params(p: dict[str, Any], *, local: bool) -> None:
-    """Checks of the :func:`cluster_params` values in ``p`` (ConfigError naming the value)."""
-    for name in ("s3_secret", "mlflow_secret"):
-        if not _K8S_NAME.match(p[name]) or len(p[name]) > 253:
-            raise ConfigError(f"{name} {p[name]!r} is not a valid Kubernetes secret name")
-    if not p["mlflow_experiment"].strip():
-        raise ConfigError("mlflow_experiment must not be empty")
-    tol = p["gpu_tolerations"]
-    if not all(isinstance(t, dict) for t in tol):
-        raise ConfigError(f"gpu_tolerations {tol!r} must be a list of toleration objects, e.g. "
-                          '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]')
-    sel = p["gpu_node_selector"]
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in sel.items()):
-        raise ConfigError(f"gpu_node_selector {sel!r} must map label names to string values")
-    if not local and not p["tracking_uri"]:
-        raise ConfigError("tracking_uri is empty: the pipeline's pods need the MLflow server, e.g. --param "
-                          "tracking_uri=http://ahps-mlflow.NAMESPACE.svc.cluster.local:5000")
-    if p["checkpoint_root"].startswith("s3://"):
-        from ahps_core.data.s3 import parse_s3_uri
+def pipeline_context(settings: TaskSettings | None, base_image: str | None) -> tuple[SimpleNamespace, TaskSettings]:
+    """``(components on base_image, settings)`` for a pipeline's ``build`` (default settings when None)."""
+    from components import make_components
 
-        parse_s3_uri(p["checkpoint_root"])
+    return make_components(base_image), settings or TaskSettings()
 
 
 __all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_TOLERATIONS", "MLFLOW_SECRET_KEYS",
-           "S3_SECRET_KEYS", "TaskSettings", "cluster_params", "validate_cluster_params"]
+           "S3_SECRET_KEYS", "TaskSettings", "cluster_params", "pipeline_context"]

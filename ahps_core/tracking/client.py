@@ -1,4 +1,5 @@
-"""The MLflow adapter: the only module of ahps that imports mlflow (lazily, so importing it stays cheap).
+"""The MLflow client side of the adapter: :class:`Tracker`, one run group in one experiment (mlflow is imported
+lazily, so importing this stays cheap).
 
 Layout of one pipeline run (a *run group*) in one MLflow experiment::
 
@@ -17,207 +18,34 @@ the same pipeline run never duplicates MLflow runs. Runs are always created with
 parallel tasks create the same experiment, landing runs in experiment 0).
 
 **Errors.** An unreachable or refusing tracking store is a :class:`~ahps_core.errors.TrackingError` with a
-one-line message; :func:`check_tracking_uri` detects it up front without importing mlflow (a few ms).
-
-**Local store.** :func:`local_store_uri` gives ``sqlite:///<abs dir>/mlflow.db``; experiments created in a
-SQLite store keep their artifacts in ``<dir>/artifacts`` (:func:`default_artifact_location`).
+one-line message (:func:`ahps_core.tracking.uri.check_tracking_uri` detects it up front).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import math
 import os
-import socket
-import sqlite3
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ahps_core.errors import ConfigError, TrackingError
+from ahps_core.checks import finite_items
+from ahps_core.errors import AhpsError, ConfigError, TrackingError
+from ahps_core.tracking.uri import default_artifact_location, redact, resolve_tracking_uri, sqlite_path
 
 DEFAULT_EXPERIMENT = "ahps"
 RUN_GROUP_TAG = "ahps.run_group"
 RUN_KEY_TAG = "ahps.run_key"
 KIND_TAG = "ahps.kind"
 CONFIG_HASH_TAG = "ahps.config_hash"
-STATUS_TAG = "ahps.status"
+INPUTS_HASH_TAG = "ahps.inputs_hash"
 PARENT_TAG = "mlflow.parentRunId"
 SUMMARY_ARTIFACT = "ahps/summary.json"
-#: MLflow run tags of a training run (issue #5): what the UI's compare view groups and filters by.
-TRAIN_TAGS = ("recipe", "family", "arch", "dataset", "seed", "rule", "convention")
 _MAX_PARAM_LEN = 6000
-
-
-# --- URIs ---------------------------------------------------------------------------------------------------------
-
-
-def local_store_uri(directory: str | os.PathLike[str] = "mlruns") -> str:
-    """``sqlite:///<absolute directory>/mlflow.db`` (the directory is created on first use)."""
-    return f"sqlite:///{Path(directory).resolve() / 'mlflow.db'}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other URIs)."""
-    if not uri.startswith("sqlite:"):
-        return None
-    rest = uri[len("sqlite:"):]
-    if rest.startswith("////"):
-        return Path(rest[3:])
-    if rest.startswith("///"):
-        return Path(rest[3:]).resolve()
-    raise ConfigError(f"unsupported SQLite tracking URI {uri!r}: expected sqlite:///relative/path or sqlite:////abs/path")
-
-
-def default_artifact_location(uri: str) -> str | None:
-    """Artifact location for experiments created in ``uri``: ``<db dir>/artifacts`` for SQLite, else the
-    server's default (None)."""
-    db = sqlite_path(uri)
-    return str(db.parent / "artifacts") if db is not None else None
-
-
-def ui_command(uri: str) -> str:
-    """How to open the MLflow UI on ``uri``."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """``uri``, or ``$MLFLOW_TRACKING_URI`` when ``uri`` is empty; a ConfigError when both are empty."""
-    uri = (uri or "").strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if not uri:
-        raise ConfigError("no MLflow tracking URI: pass tracking_uri (http(s)://host:port or sqlite:///path/mlflow.db) "
-                          "or set MLFLOW_TRACKING_URI")
-    return uri
-
-
-def _auth_headers() -> dict[str, str]:
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-        return {"Authorization": f"Basic {raw}"}
-    return {}
-
-
-def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
-    """Check that the tracking store ``uri`` can be used, before any work is done; returns the resolved URI.
-
-    * ``http(s)://``: the server answers (``/health``, else the REST API) within ``timeout`` seconds and does
-      not refuse our credentials (``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``);
-    * ``sqlite:///``: the database's directory exists or can be created and is writable, and an existing file
-      is a SQLite database;
-    * ``file:`` / plain paths: the directory can be created and written;
-    * ``postgresql://``, ``mysql://``: the host accepts TCP connections.
-
-    Raises :class:`TrackingError` (one line, naming the URI and the cause). Does not import mlflow.
-    """
-    uri = resolve_tracking_uri(uri)
-    scheme = urllib.parse.urlparse(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        _check_http(uri, timeout)
-    elif scheme == "sqlite":
-        _check_sqlite(uri)
-    elif scheme in ("", "file"):
-        path = Path(urllib.parse.urlparse(uri).path if scheme == "file" else uri)
-        _check_writable_dir(path, uri)
-    elif scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql"):
-        parsed = urllib.parse.urlparse(uri)
-        port = parsed.port or {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}[scheme.split("+")[0]]
-        try:
-            with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
-                pass
-        except OSError as exc:
-            raise TrackingError(f"MLflow backend store {_redact(uri)} cannot be reached: {exc}") from None
-    elif scheme.startswith("databricks"):
-        pass  # credentials come from the Databricks config; mlflow reports problems itself
-    else:
-        raise TrackingError(
-            f"unsupported MLflow tracking URI {uri!r}: accepted are http(s)://host:port, sqlite:///path/mlflow.db, "
-            "a directory, postgresql://..., mysql://..."
-        )
-    return uri
-
-
-def _redact(uri: str) -> str:
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.password:
-        return uri.replace(f":{parsed.password}@", ":***@")
-    return uri
-
-
-def _check_http(uri: str, timeout: float) -> None:
-    base = uri.rstrip("/")
-    headers = _auth_headers()
-
-    def get(path: str) -> int:
-        req = urllib.request.Request(base + path, headers=headers)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-given tracking server
-            return resp.status
-
-    try:
-        try:
-            get("/health")
-            get("/api/2.0/mlflow/experiments/search?max_results=1")
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                raise TrackingError(
-                    f"MLflow tracking server {uri} refused the request (HTTP {exc.code}): set "
-                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
-                ) from None
-            if exc.code != 404:
-                raise
-            get("/api/2.0/mlflow/experiments/search?max_results=1")  # no /health: ask the API itself
-    except TrackingError:
-        raise
-    except urllib.error.HTTPError as exc:
-        raise TrackingError(f"MLflow tracking server {uri} answered HTTP {exc.code} {exc.reason}; is it an MLflow "
-                            "tracking server?") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow tracking server {uri} cannot be reached: {reason}; start it or pass another "
-                            "tracking URI") from None
-
-
-def _check_writable_dir(path: Path, uri: str) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrackingError(f"MLflow store {uri}: cannot create directory {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise TrackingError(f"MLflow store {uri}: directory {path} is not writable")
-
-
-def _check_sqlite(uri: str) -> None:
-    try:
-        db = sqlite_path(uri)
-    except ConfigError as exc:
-        raise TrackingError(str(exc)) from None
-    assert db is not None
-    if db.exists() and db.is_dir():
-        raise TrackingError(f"MLflow store {uri}: {db} is a directory, not a SQLite database file")
-    _check_writable_dir(db.parent, uri)
-    if db.exists() and db.stat().st_size > 0:
-        with open(db, "rb") as fh:
-            if fh.read(16) != b"SQLite format 3\x00":
-                raise TrackingError(f"MLflow store {uri}: {db} is not a SQLite database")
-        try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-            con.execute("select count(*) from sqlite_master").fetchone()
-            con.close()
-        except sqlite3.Error as exc:
-            raise TrackingError(f"MLflow store {uri}: cannot read {db}: {exc}") from None
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -240,7 +68,7 @@ def _tracking_errors(uri: str, what: str) -> Iterator[None]:
         if name in ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3", "botocore", "boto3") or isinstance(
             exc, OSError
         ):
-            raise TrackingError(f"MLflow {what} at {_redact(uri)} failed: {_first_line(exc)}") from exc
+            raise TrackingError(f"MLflow {what} at {redact(uri)} failed: {_first_line(exc)}") from exc
         raise
 
 
@@ -257,7 +85,6 @@ class RunRef:
     reused: bool
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -275,17 +102,6 @@ def _quote(value: str) -> str:
 def _param_str(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text[:_MAX_PARAM_LEN]
-
-
-def finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
-    """The entries of ``values`` that are finite numbers (None, strings, inf and NaN are left out)."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(value):
-            out[key] = float(value)
-    return out
 
 
 class Tracker:
@@ -371,8 +187,7 @@ class Tracker:
 
     @staticmethod
     def _ref(run, reused: bool) -> RunRef:
-        return RunRef(run.info.run_id, run.info.status, reused, dict(run.data.tags), dict(run.data.params),
-                      dict(run.data.metrics))
+        return RunRef(run.info.run_id, run.info.status, reused, dict(run.data.tags), dict(run.data.params))
 
     @staticmethod
     def _pick(runs: list):
@@ -412,8 +227,7 @@ class Tracker:
         if tags:
             self.set_tags(ref.run_id, tags)
         if ref.reused and ref.status != "RUNNING":
-            with self._errors("run update"):
-                self.client.update_run(ref.run_id, status="RUNNING")
+            self.set_running(ref.run_id)
         return ref
 
     @property
@@ -437,8 +251,7 @@ class Tracker:
                 )
             if ref.finished:
                 return ref
-            with self._errors("run update"):
-                self.client.update_run(ref.run_id, status="RUNNING")
+            self.set_running(ref.run_id)
             ref.status = "RUNNING"
         else:
             all_tags = {
@@ -482,7 +295,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, int(step or 0)) for k, v in finite_metrics(metrics).items()]
+        batch = [Metric(k, v, now, int(step or 0)) for k, v in finite_items(metrics).items()]
         with self._errors("metric logging"):
             for i in range(0, len(batch), 500):
                 self.client.log_batch(run_id, metrics=batch[i:i + 500])
@@ -496,7 +309,7 @@ class Tracker:
         for rec in history:
             step = int(rec.get("epoch", 0) or 0)
             values = {k: v for k, v in rec.items() if k != "epoch" and (keys is None or k in keys)}
-            batch.extend(Metric(k, v, now, step) for k, v in finite_metrics(values).items())
+            batch.extend(Metric(k, v, now, step) for k, v in finite_items(values).items())
         with self._errors("metric logging"):
             for i in range(0, len(batch), 500):
                 self.client.log_batch(run_id, metrics=batch[i:i + 500])
@@ -508,14 +321,6 @@ class Tracker:
     def log_file(self, run_id: str, path: str | os.PathLike[str], artifact_dir: str | None = None) -> None:
         with self._errors("artifact logging"):
             self.client.log_artifact(run_id, str(path), artifact_dir)
-
-    def log_dir(self, run_id: str, path: str | os.PathLike[str], artifact_dir: str | None = None) -> None:
-        with self._errors("artifact logging"):
-            self.client.log_artifacts(run_id, str(path), artifact_dir)
-
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
-        with self._errors("artifact logging"):
-            self.client.log_figure(run_id, figure, artifact_file)
 
     def load_dict(self, run_id: str, artifact_file: str) -> dict | None:
         """A JSON artifact of ``run_id`` (None when it is missing)."""
@@ -542,21 +347,13 @@ class Tracker:
         with self._errors("run update"):
             self.client.set_terminated(run_id, status)
 
+    def set_running(self, run_id: str) -> None:
+        with self._errors("run update"):
+            self.client.update_run(run_id, status="RUNNING")
 
-# --- queries for reports and tests ------------------------------------------------------------------------------
-
-
-def group_overview(tracking_uri: str, experiment: str, run_group: str) -> dict[str, Any]:
-    """Counts of the group's runs by kind and status, and the parent run's id/URL fragment."""
-    tracker = Tracker(tracking_uri, experiment, run_group)
-    runs = tracker.group_runs()
-    kinds: dict[str, int] = {}
-    for r in runs:
-        kinds[r.tags.get(KIND_TAG, "?")] = kinds.get(r.tags.get(KIND_TAG, "?"), 0) + 1
-    parent = next((r for r in runs if r.tags.get(KIND_TAG) == "parent"), None)
-    return {
-        "experiment_id": tracker.experiment_id,
-        "parent_run_id": parent.run_id if parent else None,
-        "runs": len(runs),
-        "by_kind": kinds,
-    }
+    def finish_quietly(self, run_id: str, status: str) -> None:
+        """:meth:`finish`, ignoring a tracking failure (used while another error is being raised)."""
+        try:
+            self.finish(run_id, status)
+        except AhpsError:
+            pass

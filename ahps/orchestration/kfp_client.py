@@ -1,0 +1,226 @@
+"""A Kubeflow Pipelines host: compile a pipeline to IR YAML, check the host, submit a run, create (or replace)
+a recurring run. kfp's client is imported lazily; its errors become one-line
+:class:`~ahps_core.errors.OrchestrationError` s, and its own console output is kept off stdout.
+
+Authentication: ``KF_PIPELINES_SA_TOKEN_PATH`` names a token file (multi-user Kubeflow), re-read on every request
+so projected service-account tokens refresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ahps_core.errors import ConfigError, OrchestrationError
+from pipelines import PipelineDef
+from pipelines.cluster import TaskSettings
+
+from ahps.orchestration.params import validated
+
+KFP_TIMEOUT_S = 10.0
+
+
+def build(pipe: PipelineDef, settings: TaskSettings, image: str | None):
+    """The pipeline function of ``pipe`` with these compile-time settings, on ``image``."""
+    return pipe.load().build(settings, base_image=image)
+
+
+def check_host(host: str) -> str:
+    host = host.rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", host):
+        raise ConfigError(f"KFP host {host!r} must be a URL like http://ml-pipeline.kubeflow.svc.cluster.local:8888")
+    req = urllib.request.Request(f"{host}/apis/v2beta1/healthz", headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=KFP_TIMEOUT_S) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise OrchestrationError(f"KFP host {host} refused the request (HTTP {exc.code}): set "
+                                     "KF_PIPELINES_SA_TOKEN_PATH to a token file") from None
+        raise OrchestrationError(f"KFP host {host} answered HTTP {exc.code} {exc.reason} on /apis/v2beta1/healthz; "
+                                 "is it a Kubeflow Pipelines v2 API endpoint?") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise OrchestrationError(f"KFP host {host} cannot be reached: {reason}") from None
+    return host
+
+
+def _token() -> str | None:
+    path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise OrchestrationError(f"cannot read the KFP token file {path} (KF_PIPELINES_SA_TOKEN_PATH): "
+                                 f"{exc.strerror}") from None
+
+
+def _auth_headers() -> dict[str, str]:
+    token = _token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def client(host: str, namespace: str | None):
+    """A ``kfp.Client`` for ``host``; with ``KF_PIPELINES_SA_TOKEN_PATH`` the token file is sent (and re-read on
+    every request, so projected service-account tokens refresh). kfp's own console noise is kept off stdout."""
+    import kfp
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    credentials = ServiceAccountTokenVolumeCredentials(os.environ["KF_PIPELINES_SA_TOKEN_PATH"]) \
+        if os.environ.get("KF_PIPELINES_SA_TOKEN_PATH") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with kfp_errors(host):
+            return kfp.Client(host=host, namespace=namespace or "kubeflow", credentials=credentials)
+
+
+@contextlib.contextmanager
+def kfp_errors(host: str):
+    """kfp/HTTP exceptions -> one-line :class:`OrchestrationError`."""
+    try:
+        yield
+    except (ConfigError, OrchestrationError):
+        raise
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if status is not None:
+            body = getattr(exc, "body", "") or ""
+            try:
+                detail = json.loads(body).get("message") or json.loads(body).get("error") or body
+            except (ValueError, AttributeError):
+                detail = body
+            detail = str(detail).strip().splitlines()[0][:300] if detail else getattr(exc, "reason", "")
+            raise OrchestrationError(f"KFP host {host} refused the request: HTTP {status} {detail}") from None
+        mod = type(exc).__module__.split(".")[0]
+        if mod in ("urllib3", "kfp_server_api", "requests") or isinstance(exc, (OSError, TimeoutError)):
+            raise OrchestrationError(f"KFP host {host} failed: {str(exc).splitlines()[0][:300]}") from None
+        raise
+
+
+def quiet():
+    """kfp.Client prints links ('Experiment details: ...') itself: keep them out of our output."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _name_filter(name: str) -> str:
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+
+
+def _upload(kfp_client, package: Path, pipeline_name: str, namespace: str | None) -> tuple[str, str]:
+    """Upload ``package`` as pipeline ``pipeline_name`` (created when missing) with a version named after its
+    content hash (reused when that version exists); returns ``(pipeline_id, version_id)``."""
+    import yaml
+
+    # hash the content, not the text: the compiler's header comment lists struct defaults in random key order
+    docs = list(yaml.safe_load_all(package.read_text()))
+    digest = hashlib.sha256(json.dumps(docs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    version_name = f"{pipeline_name}-{digest}"
+    pipeline_id = kfp_client.get_pipeline_id(pipeline_name)
+    if pipeline_id is None:
+        kfp_client.upload_pipeline(str(package), pipeline_name=pipeline_name, namespace=namespace,
+                               description="ahps pipeline (uploaded by ahps schedule)")
+        pipeline_id = kfp_client.get_pipeline_id(pipeline_name)
+        if pipeline_id is None:
+            raise OrchestrationError(f"pipeline {pipeline_name!r} was uploaded but cannot be found")
+    versions = kfp_client.list_pipeline_versions(pipeline_id, filter=_name_filter(version_name), page_size=100)
+    for v in versions.pipeline_versions or []:
+        if v.display_name == version_name:
+            return pipeline_id, v.pipeline_version_id
+    version = kfp_client.upload_pipeline_version(str(package), version_name, pipeline_id=pipeline_id)
+    return pipeline_id, version.pipeline_version_id
+
+
+def compile_to(pipeline_func, path: str | os.PathLike[str], pipeline_parameters: dict[str, Any] | None = None) -> Path:
+    from kfp import compiler
+
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise ConfigError(f"output directory {path.parent} does not exist")
+    try:
+        compiler.Compiler().compile(pipeline_func, str(path), pipeline_parameters=pipeline_parameters or None)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    return path
+
+
+def _prepared(pipe: PipelineDef, given: dict[str, Any], host: str, settings: TaskSettings, image: str | None,
+              tmp: str) -> tuple[dict[str, Any], str, Path]:
+    """``(arguments, host, package)`` of a remote run: the given parameters checked and normalized (e.g. family
+    aliases: the normalized values are what the run gets), the host checked, the pipeline compiled."""
+    checked = validated(pipe, given, local=False)
+    arguments = {k: checked[k] for k in given}
+    host = check_host(host)
+    package = compile_to(build(pipe, settings, image), Path(tmp) / f"ahps-{pipe.name}.yaml")
+    return arguments, host, package
+
+
+@dataclass
+class Submitted:
+    run_id: str
+    run_name: str
+    host: str
+
+
+def submit(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: str, namespace: str | None,
+           run_name: str | None, settings: TaskSettings, image: str | None) -> Submitted:
+    """Start a run of ``pipe`` on ``host`` in KFP experiment ``experiment``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        arguments, host, package = _prepared(pipe, given, host, settings, image, tmp)
+        kfp_client = client(host, namespace)
+        name = run_name or f"ahps-{pipe.name} {datetime.now():%Y-%m-%d %H:%M:%S}"
+        with kfp_errors(host), quiet():
+            result = kfp_client.create_run_from_pipeline_package(
+                str(package), arguments=arguments, run_name=name, experiment_name=experiment, namespace=namespace,
+            )
+    return Submitted(result.run_id, name, host)
+
+
+@dataclass
+class Scheduled:
+    recurring_run_id: str
+    name: str
+    cron: str
+    host: str
+    action: str  #: "created", "replaced", or "kept" (one of that name exists and replace was not asked)
+
+
+def schedule(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: str, namespace: str | None,
+             cron: str, name: str, replace: bool, max_concurrency: int, catchup: bool, settings: TaskSettings,
+             image: str | None) -> Scheduled:
+    """Create the recurring run ``name`` of ``pipe`` (``cron``: KFP's 6-field form). Idempotent by name: an
+    existing one is kept, or with ``replace`` deleted and created again with the new schedule and parameters."""
+    with tempfile.TemporaryDirectory() as tmp:
+        arguments, host, package = _prepared(pipe, given, host, settings, image, tmp)
+        kfp_client = client(host, namespace)
+        with kfp_errors(host), quiet():
+            exp = kfp_client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
+            found = kfp_client.list_recurring_runs(experiment_id=exp.experiment_id, filter=_name_filter(name),
+                                                   page_size=100).recurring_runs or []
+        found = [r for r in found if r.display_name == name]
+        if found and not replace:
+            old = found[0]
+            old_cron = getattr(getattr(old.trigger, "cron_schedule", None), "cron", None) if old.trigger else None
+            return Scheduled(old.recurring_run_id, name, str(old_cron), host, "kept")
+        with kfp_errors(host), quiet():
+            for old in found:
+                kfp_client.delete_recurring_run(old.recurring_run_id)
+            pipeline_id, version_id = _upload(kfp_client, package, f"ahps-{pipe.name}", namespace)
+            created = kfp_client.create_recurring_run(
+                experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, params=arguments,
+                pipeline_id=pipeline_id, version_id=version_id, max_concurrency=max_concurrency,
+                no_catchup=not catchup, enabled=True, description=f"ahps {pipe.name} pipeline, scheduled by ahps schedule",
+            )
+    return Scheduled(created.recurring_run_id, name, cron, host, "replaced" if found else "created")

@@ -1,0 +1,244 @@
+"""The steps of the ``transfer`` pipeline: find the base LR on the proxy (opening the run group) -> plan the LR
+and init of every target x arm x seed -> train (:mod:`ahps_core.steps.training`) -> compare the arms."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ahps_core.checks import as_int, finite_or_none
+from ahps_core.errors import ArchSpecError
+from ahps_core.jsonio import jsonable, stable_hash, write_json
+from ahps_core.reports import fmt, format_markdown
+from ahps_core.steps.base_lr import base_lr_step
+from ahps_core.steps.common import (
+    ARMS,
+    INIT_OF_ARM,
+    PLAN_FILE,
+    SUMMARY_FILE,
+    SUMMARY_MD_FILE,
+    accuracy_of,
+    competition_ranks,
+    log,
+    open_run_group,
+    resolve_run_group,
+    tracker,
+)
+
+COMPARE_KEY = "compare"
+
+
+def find_base_lr_step(
+    *, family: str, dataset: str, data_source: str, targets: Sequence[Any], seeds: Sequence[Any], epochs: int,
+    rule: str, convention: str, base_lr: float, fixed_lr: float, lr_grid: Sequence[Any], lr_seeds: int,
+    train_recipe: str, batch_size: int, width: int, tracking_uri: str, experiment: str, run_group: str,
+    job_id: str = "", s3_endpoint: str = "", out_dir: str,
+) -> dict[str, Any]:
+    """Step 1: open the run group (its parent run holds the pipeline's parameters), then the base LR
+    (:func:`~ahps_core.steps.base_lr.base_lr_step`). Returns the search summary with the run group."""
+    group = resolve_run_group(run_group, job_id)
+    params = dict(family=family, dataset=dataset, data_source=data_source, targets=list(targets), seeds=list(seeds),
+                  epochs=epochs, rule=rule, convention=convention, base_lr_given=base_lr, fixed_lr=fixed_lr,
+                  lr_grid=list(lr_grid), lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size,
+                  width=width, run_group=group)
+    tr, parent = open_run_group(pipeline="transfer", tracking_uri=tracking_uri, experiment=experiment,
+                                run_group=group, name=f"transfer {family}/{dataset} [{group}]", params=params,
+                                tags={"family": family, "dataset": dataset}, step="find-base-lr")
+    summary = base_lr_step(tr, parent, family=family, dataset=dataset, data_source=data_source, base_lr=base_lr,
+                           lr_grid=[float(x) for x in lr_grid], lr_seeds=int(lr_seeds), width=int(width),
+                           out_dir=out_dir, s3_endpoint=s3_endpoint)
+    return {**summary, "run_group": group}
+
+
+def plan_step(
+    *, family: str, targets: Sequence[str], seeds: Sequence[Any], base_lr: float, fixed_lr: float, rule: str,
+    convention: str, tracking_uri: str, experiment: str, run_group: str, out_dir: str, arms: Sequence[str] = ARMS,
+    item_fields: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The LR + init plan of every target x arm x seed: the items of the training ParallelFor (``arms``: which of
+    :data:`ARMS` to plan; the re-evaluation trains only ``autoscaled``; ``item_fields``: per target, more fields
+    for its items, e.g. the benchmark record of a re-evaluated cell).
+
+    Targets without an input->output path (or with a malformed spec) are skipped and recorded with their reason
+    in ``plan.json``; the batch goes on. The plan is also logged to the parent run.
+    """
+    from ahps_core.graph import parse_arch
+    from ahps_core.scaling import Transferer
+
+    base_lr = float(base_lr)
+    fixed = float(fixed_lr) if fixed_lr and float(fixed_lr) > 0 else base_lr
+    transferer = Transferer(family, base_lr, rule=rule, convention=convention)
+    seeds = [as_int(s, "seed") for s in seeds]
+    planned, skipped, items = [], [], []
+    for spec in map(str, targets):
+        try:
+            t = transferer(parse_arch(spec, family))
+        except ArchSpecError as exc:  # NoPathError included: recorded, never an exit
+            skipped.append({"arch": spec, "reason": str(exc)})
+            log("transfer", f"skipped {spec}: {exc}")
+            continue
+        planned.append({"arch": spec, "predicted_lr": t.lr, "ratio": t.ratio, "fixed_lr": fixed,
+                        "transfer": t.to_dict()})
+        log("transfer", f"{spec}: LR {t.lr:.6g} (x{t.ratio:.4g} of base {base_lr:.6g})"
+                        + (f"; fixed LR {fixed:.6g}" if "fixed" in arms else ""))
+        items += [{"arch": spec, "arm": arm, "seed": seed, "lr": t.lr if arm == "autoscaled" else fixed,
+                   "init": INIT_OF_ARM[arm], "base_lr": base_lr, "predicted_lr": t.lr, "ratio": t.ratio,
+                   "run_group": run_group, **(item_fields or {}).get(spec, {})} for arm in arms for seed in seeds]
+    plan = {"family": family, "rule": rule, "convention": convention, "base_lr": base_lr, "fixed_lr": fixed,
+            "seeds": seeds, "arms": list(arms), "targets": planned, "skipped": skipped, "items": items,
+            "run_group": run_group}
+    write_json(Path(out_dir) / PLAN_FILE, plan)
+    tr = tracker(tracking_uri, experiment, run_group)
+    parent = tr.ensure_parent()
+    tr.log_dict(parent.run_id, jsonable(plan), "transfer/plan.json")
+    tr.set_tags(parent.run_id, {"ahps.targets_planned": len(planned), "ahps.targets_skipped": len(skipped)})
+    if not items:
+        log("transfer", "no target can be trained (all skipped): nothing to train")
+    return items
+
+
+def arm_of(result: Mapping[str, Any]) -> str:
+    """The arm of a training result (runs recorded before the rename carry only ``recipe``)."""
+    return str(result.get("arm") or result["recipe"])
+
+
+def _rows(results: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]):
+    """``(rows, acc)``: per architecture (plan order), per arm: mean accuracy over seeds, LR, diverged, runs;
+    the delta and the rank of each architecture under each arm. ``acc[arm][arch]`` is the mean accuracy."""
+    by_arch: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+    for r in results:
+        by_arch.setdefault(str(r["arch"]), {}).setdefault(arm_of(r), []).append(r)
+    planned = {t["arch"]: t for t in plan.get("targets", [])}
+    order = [a for a in planned if a in by_arch] + sorted(a for a in by_arch if a not in planned)
+    acc: dict[str, dict[str, float]] = {arm: {} for arm in ARMS}
+    rows = []
+    for arch in order:
+        row: dict[str, Any] = {"arch": arch, "predicted_lr": planned.get(arch, {}).get("predicted_lr"),
+                               "ratio": planned.get(arch, {}).get("ratio")}
+        for arm in ARMS:
+            runs = by_arch[arch].get(arm, [])
+            if not runs:
+                row[f"{arm}_acc"] = None
+                continue
+            values = [accuracy_of(r) for r in runs]
+            acc[arm][arch] = row[f"{arm}_acc"] = sum(values) / len(values)
+            row[f"{arm}_lr"] = float(runs[0]["lr"])
+            row[f"{arm}_diverged"] = sum(1 for r in runs if r.get("status") == "diverged")
+            row[f"{arm}_seeds"] = len(runs)
+            row[f"{arm}_runs"] = [r.get("mlflow_run_id") for r in runs]
+        if row.get("autoscaled_acc") is not None and row.get("fixed_acc") is not None:
+            row["delta"] = row["autoscaled_acc"] - row["fixed_acc"]
+        rows.append(row)
+    for arm in ARMS:  # rank 1 = best accuracy under that arm; ties share the better rank
+        ranks = competition_ranks(acc[arm])
+        for row in rows:
+            row[f"rank_{arm}"] = ranks.get(row["arch"])
+    return rows, acc
+
+
+def _stats(rows: list[dict[str, Any]], acc: dict[str, dict[str, float]], n_boot: int) -> dict[str, Any]:
+    from ahps_core import ranking
+
+    common = sorted(set(acc["autoscaled"]) & set(acc["fixed"]))
+    fixed_acc = {a: acc["fixed"][a] for a in common}
+    auto_acc = {a: acc["autoscaled"][a] for a in common}
+    stats: dict[str, Any] = {"n": len(common)}
+    if common:
+        top = ranking.topk_correlations(fixed_acc, auto_acc, ks=(100,), n_boot=n_boot)[0]
+        delta = ranking.accuracy_delta(fixed_acc, auto_acc, n_boot=n_boot)
+        deltas = [auto_acc[a] - fixed_acc[a] for a in common]
+        stats.update({
+            "kendall_tau_b": finite_or_none(top.tau), "kendall_tau_b_ci": [finite_or_none(x) for x in top.tau_ci],
+            "spearman_rho": finite_or_none(top.spearman),
+            "spearman_rho_ci": [finite_or_none(x) for x in top.spearman_ci],
+            "mean_accuracy_delta": finite_or_none(delta.mean),
+            "mean_accuracy_delta_ci": [finite_or_none(delta.ci_low), finite_or_none(delta.ci_high)],
+            "median_accuracy_delta": statistics.median(deltas),
+            "autoscaled_wins": sum(1 for d in deltas if d > 0), "fixed_wins": sum(1 for d in deltas if d < 0),
+            "ties": sum(1 for d in deltas if d == 0),
+            "mean_acc_autoscaled": sum(auto_acc.values()) / len(common),
+            "mean_acc_fixed": sum(fixed_acc.values()) / len(common),
+            "rank_changes": sum(1 for r in rows if r.get("rank_autoscaled") != r.get("rank_fixed")),
+            # the ranking module's benchmark noise-floor remark does not apply to an arm-vs-arm comparison
+            "note": "; ".join(n for n in top.note.split("; ") if n and "noise floor" not in n),
+        })
+    else:
+        stats["note"] = "no architecture was trained under both arms"
+    stats["diverged_autoscaled"] = sum(r.get("autoscaled_diverged", 0) for r in rows)
+    stats["diverged_fixed"] = sum(r.get("fixed_diverged", 0) for r in rows)
+    return stats
+
+
+def compare_step(
+    *, results: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], family: str, dataset: str,
+    tracking_uri: str, experiment: str, run_group: str, out_dir: str, n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Fan-in: accuracy per architecture and arm (mean over seeds), the rank of every architecture under each arm,
+    Kendall tau-b and Spearman rho between the arms' accuracies (bootstrap CIs), the deltas (autoscaled - fixed),
+    and two plots. Writes ``summary.json``, ``summary.md`` and the plots to ``out_dir``, then records the
+    ``compare`` run (idempotent on its key and inputs) and the headline numbers on the parent run, which it marks
+    FINISHED."""
+    from ahps_core.plots import plot_accuracy, plot_lrs
+    from ahps_core.storage import slug
+    from ahps_core.tracking import INPUTS_HASH_TAG, tracked_step
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, acc = _rows(results, plan)
+    stats = _stats(rows, acc, n_boot)
+    plots = {}
+    if rows:
+        plots["accuracy"] = str(plot_accuracy(rows, out / "accuracy_by_arch.png", family, dataset))
+        plots["predicted_lr"] = str(plot_lrs(rows, plan, out / "predicted_lr_by_arch.png", family))
+    summary = {
+        "pipeline": "transfer", "run_group": run_group, "family": family, "dataset": dataset,
+        "rule": plan.get("rule"), "convention": plan.get("convention"), "base_lr": plan.get("base_lr"),
+        "fixed_lr": plan.get("fixed_lr"), "seeds": plan.get("seeds"), "rows": rows,
+        "skipped": plan.get("skipped", []), "stats": stats, "plots": plots,
+        "trainings": len(results), "reused_trainings": sum(1 for r in results if r.get("reused")),
+        "output_dir": str(out),
+    }
+    write_json(out / SUMMARY_FILE, summary)
+    (out / SUMMARY_MD_FILE).write_text(format_markdown(summary))
+
+    tr = tracker(tracking_uri, experiment, run_group)
+    inputs = stable_hash(sorted((r.get("mlflow_run_id") or "", str(r.get("arch")), arm_of(r), str(r.get("seed")))
+                                for r in results))
+    parent = tr.ensure_parent()
+    with tracked_step(tr, tr.key(COMPARE_KEY), name="compare autoscaled vs fixed", kind="compare", identity=inputs,
+                      identity_tag=INPUTS_HASH_TAG, tags={"family": family, "dataset": dataset,
+                                                          "rule": plan.get("rule"),
+                                                          "convention": plan.get("convention")}) as run:
+        if run.reused:
+            log("compare", f"reused the finished comparison run {run.run_id} (same trainings)")
+        else:
+            headline = {k: v for k, v in stats.items() if not isinstance(v, (list, str))}
+            for name in ("kendall_tau_b", "spearman_rho", "mean_accuracy_delta"):
+                if stats.get(f"{name}_ci"):
+                    headline[f"{name}_ci_low"], headline[f"{name}_ci_high"] = stats[f"{name}_ci"]
+            headline.update(base_lr=plan.get("base_lr"), n_skipped=len(plan.get("skipped", [])))
+            run.log_metrics(headline)
+            for i, row in enumerate(rows):
+                name = slug(row["arch"])
+                run.log_metrics({f"acc_autoscaled/{name}": row.get("autoscaled_acc"),
+                                 f"acc_fixed/{name}": row.get("fixed_acc"),
+                                 f"accuracy_delta/{name}": row.get("delta"),
+                                 f"predicted_lr/{name}": row.get("predicted_lr")})
+                run.log_metrics({"accuracy_delta_by_index": row.get("delta")}, step=i)
+            for path in [out / SUMMARY_FILE, out / SUMMARY_MD_FILE, *plots.values()]:
+                run.log_file(path, "comparison" if str(path).endswith((".json", ".md")) else "plots")
+            run.summary = {"stats": stats, "rows": rows}
+            parent_metrics = {k: stats.get(k) for k in ("kendall_tau_b", "spearman_rho", "mean_accuracy_delta",
+                                                        "autoscaled_wins", "fixed_wins", "rank_changes")}
+            tr.log_metrics(parent.run_id, {**parent_metrics, "base_lr": plan.get("base_lr")})
+            for path in plots.values():
+                tr.log_file(parent.run_id, path, "plots")
+    tr.finish(parent.run_id)
+    summary["mlflow"] = {"tracking_uri": tr.uri, "experiment": experiment, "experiment_id": tr.experiment_id,
+                         "parent_run_id": parent.run_id, "compare_run_id": run.run_id}
+    write_json(out / SUMMARY_FILE, summary)
+    log("compare", f"{len(rows)} architectures, tau-b {fmt(stats.get('kendall_tau_b'), '.3f')}, mean delta "
+                   f"{fmt(stats.get('mean_accuracy_delta'), '+.4f')}; comparison run {run.run_id}")
+    return summary

@@ -1,0 +1,179 @@
+"""Where the MLflow tracking store is and whether it can be used: URI resolution, the up-front check
+(:func:`check_tracking_uri`, a few ms, no mlflow import), credential redaction for messages, and the local
+SQLite store's layout. No mlflow import here."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from ahps_core.errors import ConfigError, TrackingError
+
+
+def local_store_uri(directory: str | os.PathLike[str] = "mlruns") -> str:
+    """``sqlite:///<absolute directory>/mlflow.db`` (the directory is created on first use)."""
+    return f"sqlite:///{Path(directory).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other URIs)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    rest = uri[len("sqlite:"):]
+    if rest.startswith("////"):
+        return Path(rest[3:])
+    if rest.startswith("///"):
+        return Path(rest[3:]).resolve()
+    raise ConfigError(f"unsupported SQLite tracking URI {uri!r}: expected sqlite:///relative/path or sqlite:////abs/path")
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifact location for experiments created in ``uri``: ``<db dir>/artifacts`` for SQLite, else the
+    server's default (None)."""
+    db = sqlite_path(uri)
+    return str(db.parent / "artifacts") if db is not None else None
+
+
+def ui_command(uri: str) -> str:
+    """How to open the MLflow UI on ``uri``."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``uri``, or ``$MLFLOW_TRACKING_URI`` when ``uri`` is empty; a ConfigError when both are empty."""
+    uri = (uri or "").strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        raise ConfigError("no MLflow tracking URI: pass tracking_uri (http(s)://host:port or sqlite:///path/mlflow.db) "
+                          "or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def auth_headers() -> dict[str, str]:
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {raw}"}
+    return {}
+
+
+def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
+    """Check that the tracking store ``uri`` can be used, before any work is done; returns the resolved URI.
+
+    * ``http(s)://``: the server answers (``/health``, else the REST API) within ``timeout`` seconds and does
+      not refuse our credentials (``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``);
+    * ``sqlite:///``: the database's directory exists or can be created and is writable, and an existing file
+      is a SQLite database;
+    * ``file:`` / plain paths: the directory can be created and written;
+    * ``postgresql://``, ``mysql://``: the host accepts TCP connections.
+
+    Raises :class:`TrackingError` (one line, naming the URI and the cause). Does not import mlflow.
+    """
+    uri = resolve_tracking_uri(uri)
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("", "file"):
+        path = Path(urllib.parse.urlparse(uri).path if scheme == "file" else uri)
+        _check_writable_dir(path, uri)
+    elif scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql"):
+        parsed = urllib.parse.urlparse(uri)
+        port = parsed.port or {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}[scheme.split("+")[0]]
+        try:
+            with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
+                pass
+        except OSError as exc:
+            raise TrackingError(f"MLflow backend store {redact(uri)} cannot be reached: {exc}") from None
+    elif scheme.startswith("databricks"):
+        pass  # credentials come from the Databricks config; mlflow reports problems itself
+    else:
+        raise TrackingError(
+            f"unsupported MLflow tracking URI {uri!r}: accepted are http(s)://host:port, sqlite:///path/mlflow.db, "
+            "a directory, postgresql://..., mysql://..."
+        )
+    return uri
+
+
+def redact(uri: str) -> str:
+    """``uri`` with the password of a ``user:password@`` part replaced by ``***`` (for messages and logs)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    base = uri.rstrip("/")
+    headers = auth_headers()
+
+    def get(path: str) -> int:
+        req = urllib.request.Request(base + path, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+
+    try:
+        try:
+            get("/health")
+            get("/api/2.0/mlflow/experiments/search?max_results=1")
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise TrackingError(
+                    f"MLflow tracking server {uri} refused the request (HTTP {exc.code}): set "
+                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+                ) from None
+            if exc.code != 404:
+                raise
+            get("/api/2.0/mlflow/experiments/search?max_results=1")  # no /health: ask the API itself
+    except TrackingError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise TrackingError(f"MLflow tracking server {uri} answered HTTP {exc.code} {exc.reason}; is it an MLflow "
+                            "tracking server?") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow tracking server {uri} cannot be reached: {reason}; start it or pass another "
+                            "tracking URI") from None
+
+
+def _check_writable_dir(path: Path, uri: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingError(f"MLflow store {uri}: cannot create directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TrackingError(f"MLflow store {uri}: directory {path} is not writable")
+
+
+def _check_sqlite(uri: str) -> None:
+    try:
+        db = sqlite_path(uri)
+    except ConfigError as exc:
+        raise TrackingError(str(exc)) from None
+    assert db is not None
+    if db.exists() and db.is_dir():
+        raise TrackingError(f"MLflow store {uri}: {db} is a directory, not a SQLite database file")
+    _check_writable_dir(db.parent, uri)
+    if db.exists() and db.stat().st_size > 0:
+        with open(db, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise TrackingError(f"MLflow store {uri}: {db} is not a SQLite database")
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            con.execute("select count(*) from sqlite_master").fetchone()
+            con.close()
+        except sqlite3.Error as exc:
+            raise TrackingError(f"MLflow store {uri}: cannot read {db}: {exc}") from None
+
+
