@@ -22,6 +22,7 @@ ARG BASE_IMAGE=pytorch/pytorch:${TORCH_VERSION}-cuda${CUDA_VERSION}-cudnn${CUDNN
 FROM ${BASE_IMAGE} AS builder
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY ahps ./ahps
 COPY ahps_core ./ahps_core
 COPY components ./components
 COPY pipelines ./pipelines
@@ -78,7 +79,7 @@ RUN python -m pip install --no-deps \
         "torchvision==${TORCHVISION_VERSION}" \
  && python -m pip install --constraint /tmp/constraints.txt \
         /tmp/wheels/ahps-*.whl "psycopg2-binary==${PSYCOPG2_VERSION}" \
- && python -c "import torch, torchvision, ahps_core, kfp, mlflow, boto3, psycopg2; \
+ && python -c "import torch, torchvision, ahps, ahps_core, kfp, mlflow, boto3, psycopg2; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; \
 assert torch.version.cuda, 'torch was replaced by a CPU build'; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__)" \

@@ -19,7 +19,7 @@ FIXTURES = SHARED / "fixtures"
 
 def ahps_cmd() -> list[str]:
     """The ``ahps`` command, run with this interpreter (works without the console script on PATH)."""
-    return [sys.executable, "-m", "ahps_core.cli"]
+    return [sys.executable, "-m", "ahps.cli"]
 
 
 @pytest.fixture(scope="session")

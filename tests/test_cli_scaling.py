@@ -113,7 +113,7 @@ def test_batch_of_every_dag_and_nb201_cell():
 def test_cheap_commands_import_no_heavy_framework():
     code = (
         "import sys\n"
-        "from ahps_core.cli import main\n"
+        "from ahps.cli import main\n"
         "assert main(['lr', '2_12_002_0012', '--family', 'mlp', '--base-lr', '0.1', '--json']) == 0\n"
         "assert main(['paths', '3_33_133', '--family', 'nb201', '--json']) == 0\n"
         "heavy = sorted(m for m in ('torch', 'kfp', 'mlflow', 'numpy', 'scipy') if m in sys.modules)\n"

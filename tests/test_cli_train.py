@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from ahps_core.cli import main
+from ahps.cli import main
 from tests.conftest import ahps_cmd
 
 TINY = ["--epochs", "1", "--max-steps", "8", "--width", "16", "--device", "cpu"]

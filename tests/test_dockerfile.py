@@ -195,7 +195,7 @@ def in_build_context(path: str) -> bool:
 
 def test_dockerignore_matcher():
     assert in_build_context("pyproject.toml")
-    assert in_build_context("ahps_core/cli/__init__.py")
+    assert in_build_context("ahps/cli/__init__.py")
     assert not in_build_context(".venv/bin/python")
     assert not in_build_context(".git/HEAD")
     assert not in_build_context("tests/test_chart.py")

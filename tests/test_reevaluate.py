@@ -236,7 +236,7 @@ def test_wrong_benchmark_file_is_one_line(tmp_path):
 
 
 def test_schedule_creates_a_recurring_run_of_the_reevaluate_package(capsys):
-    from ahps_core.cli import main
+    from ahps.cli import main
     from tests.fake_kfp import FakeKFP
 
     with FakeKFP() as kfp:

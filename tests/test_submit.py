@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from ahps_core.cli import main
+from ahps.cli import main
 from ahps.orchestration.cron import kfp_cron
 from ahps_core.errors import ConfigError
 from tests.conftest import REPO, ahps_cmd, one_line_error

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from ahps_core.cli import main
+from ahps.cli import main
 from ahps_core.data import load_dataset
 from ahps_core.errors import ConfigError, DivergedError
 from ahps_core.lr_search import arch_factory, find_max_lr, log_grid

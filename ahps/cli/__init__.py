@@ -20,16 +20,16 @@ import click
 from ahps_core.errors import AhpsError
 
 COMMANDS: dict[str, str] = {
-    "paths": "ahps_core.cli.scaling_cmds:paths_cmd",
-    "lr": "ahps_core.cli.scaling_cmds:lr_cmd",
-    "find-lr": "ahps_core.cli.train_cmds:find_lr_cmd",
-    "validate": "ahps_core.cli.train_cmds:validate_cmd",
-    "train": "ahps_core.cli.train_cmds:train_cmd",
-    "bench": "ahps_core.cli.bench_cmds:bench_group",
-    "run": "ahps_core.cli.pipeline_cmds:run_cmd",
-    "compile": "ahps_core.cli.pipeline_cmds:compile_cmd",
-    "submit": "ahps_core.cli.pipeline_cmds:submit_cmd",
-    "schedule": "ahps_core.cli.pipeline_cmds:schedule_cmd",
+    "paths": "ahps.cli.scaling_cmds:paths_cmd",
+    "lr": "ahps.cli.scaling_cmds:lr_cmd",
+    "find-lr": "ahps.cli.train_cmds:find_lr_cmd",
+    "validate": "ahps.cli.train_cmds:validate_cmd",
+    "train": "ahps.cli.train_cmds:train_cmd",
+    "bench": "ahps.cli.bench_cmds:bench_group",
+    "run": "ahps.cli.pipeline_cmds:run_cmd",
+    "compile": "ahps.cli.pipeline_cmds:compile_cmd",
+    "submit": "ahps.cli.pipeline_cmds:submit_cmd",
+    "schedule": "ahps.cli.pipeline_cmds:schedule_cmd",
 }
 
 HELP = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ahps_core.cli import LazyGroup
+from ahps.cli import LazyGroup
 
 BENCHES = {
     "paths": "ahps_core.bench.paths_bench:command",

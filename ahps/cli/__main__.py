@@ -1,0 +1,5 @@
+import sys
+
+from ahps.cli import main
+
+sys.exit(main())
