@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from chart_render import CHART, SCENARIOS, container, env_map, merge, one, render, scheduler
+import yaml
+from chart_render import CHART, SCENARIOS, container, env_map, merge, one, production_values, render, scheduler
 from tests.conftest import free_port, mlflow_server_process
 
 helm = pytest.importorskip("helm_python")
@@ -200,6 +201,22 @@ def test_every_value_in_the_schema_has_a_description():
     nodes = list(property_nodes(schema))
     assert len(nodes) > 150
     assert [p for p, n in nodes if not str(n.get("description", "")).strip()] == []
+
+
+def test_chart_readme_documents_every_secret_the_values_name():
+    readme = (CHART / "README.md").read_text()
+    names = set()
+    for values in (yaml.safe_load((CHART / "values.yaml").read_text()), production_values()):
+        p = values["scheduler"]["params"]
+        names |= {p["s3_secret"], p["mlflow_secret"], values["mlflow"]["auth"]["existingSecret"]}
+        names |= {s["name"] for s in values.get("imagePullSecrets", [])}
+        names |= {values["mlflow"]["backendStore"]["postgresql"]["passwordSecret"]["name"],
+                  values["mlflow"]["artifacts"]["s3"]["existingSecret"]} - {""}
+    assert names >= {"ahps-s3", "ahps-mlflow-auth", "ahps-mlflow-admin", "ahps-mlflow-db", "ahps-registry"}
+    for name in sorted(names):
+        assert re.search(rf"kubectl -n \"\$NS\" create secret [a-z-]+ {name} ", readme), name
+        assert f"| `{name}` |" in readme, name
+    assert "**`ahps-policy`**" in readme and "**`AHPS_ALLOWED_TRACKING_HOSTS`**" in readme
 
 
 # --------------------------------------------------------------------------------------------- schedule syntax
