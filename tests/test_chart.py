@@ -50,7 +50,7 @@ def rendered(chart) -> dict[str, list[dict]]:
 # --------------------------------------------------------------------------------------------- lint, validity
 
 
-@pytest.mark.parametrize("values_name", ["default", "scheduler", "production"])
+@pytest.mark.parametrize("values_name", sorted(SCENARIOS))
 def test_helm_lint_strict_has_no_errors_or_warnings(values_name):
     report = helm.lint(str(CHART), SCENARIOS[values_name], strict=True, namespace=NAMESPACE,
                        kube_version=f"v{KUBE_VERSION}")
