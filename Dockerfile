@@ -38,6 +38,9 @@ ARG CUDA_VERSION
 ARG TORCHVISION_VERSION=0.28.0
 # PostgreSQL driver for the MLflow server's backend store (not an ahps dependency).
 ARG PSYCOPG2_VERSION=2.9.13
+# Flask-WTF (and its WTForms) for the MLflow server's basic-auth app (the chart's mlflow.auth; mlflow[auth]).
+ARG FLASK_WTF_VERSION=1.3.0
+ARG WTFORMS_VERSION=3.3.2
 
 LABEL org.opencontainers.image.title="ahps" \
       org.opencontainers.image.description="Architecture-aware hyperparameter scaling: KFP components, scheduler and MLflow server" \
@@ -79,7 +82,8 @@ RUN python -m pip install --no-deps \
         "torchvision==${TORCHVISION_VERSION}" \
  && python -m pip install --constraint /tmp/constraints.txt \
         /tmp/wheels/ahps-*.whl "psycopg2-binary==${PSYCOPG2_VERSION}" \
- && python -c "import torch, torchvision, ahps, ahps_core, kfp, mlflow, boto3, psycopg2; \
+        "Flask-WTF==${FLASK_WTF_VERSION}" "WTForms==${WTFORMS_VERSION}" \
+ && python -c "import torch, torchvision, ahps, ahps_core, kfp, mlflow, boto3, psycopg2, flask_wtf; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; \
 assert torch.version.cuda, 'torch was replaced by a CPU build'; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__)" \

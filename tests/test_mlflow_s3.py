@@ -21,7 +21,8 @@ from tests.conftest import free_port, mlflow_server_process, moto_s3_server  # n
 CHART = Path(__file__).resolve().parents[1] / "charts" / "ahps"
 BUCKET, PREFIX = "ahps-mlflow", "proxied"
 # Stand-ins for the Kubernetes Secret "ahps-s3" the Deployment references (moto accepts any keys).
-SECRETS = {("ahps-s3", "AWS_ACCESS_KEY_ID"): "ahps-test-key-id", ("ahps-s3", "AWS_SECRET_ACCESS_KEY"): "ahps-test-secret"}
+SECRETS = {("ahps-s3", "AWS_ACCESS_KEY_ID"): "ahps-test-key-id",
+           ("ahps-s3", "AWS_SECRET_ACCESS_KEY"): "ahps-test-secret"}
 CLIENT_ENV_TO_CLEAR = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
@@ -44,7 +45,9 @@ def s3():
 def chart_server_container(s3_url: str) -> dict:
     """The MLflow container as the chart renders it for S3 artifacts with credentials from a Secret."""
     values = {"mlflow": {"workers": 1, "artifacts": {"s3": {
-        "enabled": True, "bucket": BUCKET, "prefix": PREFIX, "endpointUrl": s3_url, "existingSecret": "ahps-s3"}}}}
+        "enabled": True, "bucket": BUCKET, "prefix": PREFIX, "endpointUrl": s3_url, "existingSecret": "ahps-s3"}}},
+        # Egress is restricted by default: the S3 endpoint's peers (here: loopback) must be listed.
+        "networkPolicy": {"mlflow": {"egress": {"s3To": [{"ipBlock": {"cidr": "127.0.0.1/32"}}]}}}}
     with helm.Chart.load(str(CHART)) as chart:
         out = chart.render(values, name="ahps", namespace="ml")
     (deployment,) = [d for d in yaml.safe_load_all(out["ahps/templates/mlflow-deployment.yaml"]) if d]
@@ -132,7 +135,8 @@ def test_artifacts_are_proxied_to_s3(client_without_credentials, s3, tmp_path):
     assert keys == {f"{base}/checkpoints/checkpoint.bin", f"{base}/config/recipe.json"}
     stored = s3_client.get_object(Bucket=BUCKET, Key=f"{base}/checkpoints/checkpoint.bin")["Body"].read()
     assert stored == payload
-    assert yaml.safe_load(s3_client.get_object(Bucket=BUCKET, Key=f"{base}/config/recipe.json")["Body"].read()) == {"lr": 0.1}
+    recipe = s3_client.get_object(Bucket=BUCKET, Key=f"{base}/config/recipe.json")["Body"].read()
+    assert yaml.safe_load(recipe) == {"lr": 0.1}
 
     # And back through the server, still without credentials.
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/checkpoint.bin",

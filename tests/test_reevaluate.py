@@ -215,7 +215,8 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
      "error: benchmark '/nonexistent/NAS-Bench-201-v1_1-096897.pth' does not exist; accepted are"),
     (["-p", "dataset=mnist"], "error: unknown dataset 'mnist': accepted are cifar10, cifar10-valid, cifar100, "
                               "ImageNet16-120"),
-    (["-p", "sample_size=4"], "error: cannot sample k=4 cells: the benchmark records (3 cells) hold only 3 unique cells"),
+    (["-p", "sample_size=4"], "error: cannot sample k=4 cells: the benchmark records (3 cells) hold only 3 unique "
+                              "cells"),
     (["-p", "family=mlp"], "error: unknown family 'mlp': the reevaluate pipeline re-trains NAS-Bench-201 cells"),
     (["-p", "topk=[100,0]"], "error: topk [100, 0] must be a non-empty list of percentages in (0, 100]"),
 ])
@@ -270,17 +271,22 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters():
     chart = REPO / "charts" / "ahps"
     production = yaml.safe_load((chart / "values-production.yaml").read_text())
     with helm.Chart.load(str(chart)) as ch:
-        for values in ({"scheduler": {"mode": "recurringRun"}},
-                       {**production, "scheduler": {**production["scheduler"], "mode": "recurringRun"}}):
+        # The scheduler is off by default and needs the data and the records when on.
+        on = {"enabled": True, "mode": "recurringRun",
+              "params": {"data_source": "s3://ahps-datasets/cifar10", "benchmark": "fixture"}}
+        recurring = {**production, "scheduler": {**production["scheduler"], "mode": "recurringRun"}}
+        for values in ({"scheduler": on}, recurring):
             docs = [d for path, text in ch.render(values, name="ahps", namespace="ml").items()
                     if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
             (job,) = [d for d in docs if d["kind"] == "Job"]
             args = job["spec"]["template"]["spec"]["containers"][0]["args"]
             assert args[:7] == ["schedule", "reevaluate", "--cron", "0 3 * * 0", "--name", "ahps-reevaluate-weekly",
                                 "--replace"]
-            (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
-            # as the scheduler passes them (--param NAME=VALUE, JSON values parsed); unknown names would raise
-            pairs = [f"{k}={v}" for k, v in cm["data"].items()]
+            assert args[args.index("--params-dir") + 1] == "/etc/ahps/params"
+            (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ahps-scheduler"]
+            # as --params-dir reads the mounted files (each parsed like --param NAME=VALUE, empty = the default);
+            # unknown names would raise
+            pairs = [f"{k}={v.strip()}" for k, v in cm["data"].items() if v.strip()]
             given = coerce_params(get_pipeline("reevaluate"), parse_param_args(pairs))
             assert given["family"] == "nas-bench-201" and given["tracking_uri"].startswith("http://ahps-mlflow.")
     checked = check_reevaluate({**get_pipeline("reevaluate").defaults(), **given}, local=False)
