@@ -22,8 +22,8 @@ run: $(STAMP)
 	$(BIN)/ahps run
 
 lint: $(STAMP)
-	$(BIN)/ruff check ahps_core components pipelines tests
-	$(BIN)/mypy ahps_core components pipelines
+	$(BIN)/ruff check ahps ahps_core components pipelines tests
+	$(BIN)/mypy ahps ahps_core components pipelines
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

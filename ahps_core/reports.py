@@ -111,8 +111,9 @@ def format_transfer(summary: Mapping[str, Any]) -> str:
 
 def format_markdown(summary: Mapping[str, Any]) -> str:
     rows = summary.get("rows", [])
-    lines = [f"# ahps transfer: {summary.get('family')} on {summary.get('dataset')} (run group {summary.get('run_group')})",
-             "", "| architecture | predicted LR | autoscaled acc % | fixed acc % | delta | rank autoscaled | rank fixed |",
+    lines = [f"# ahps transfer: {summary.get('family')} on {summary.get('dataset')} "
+             f"(run group {summary.get('run_group')})", "",
+             "| architecture | predicted LR | autoscaled acc % | fixed acc % | delta | rank autoscaled | rank fixed |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         delta = r.get("delta")

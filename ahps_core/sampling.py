@@ -267,7 +267,8 @@ def sample_cells(
     rng = np.random.default_rng(seed)
     bins = None
     if stratify:
-        cells, bins = _stratified(pool, records.accuracies(dataset, pool), k, strata, rng)  # type: ignore[union-attr]
+        assert records is not None and dataset is not None  # checked above
+        cells, bins = _stratified(pool, records.accuracies(dataset, pool), k, strata, rng)
     else:
         cells = [pool[i] for i in rng.permutation(len(pool))[:k]]
     return Sample(
@@ -295,8 +296,8 @@ def _stratified(
     quota = [k // n_bins] * n_bins
     for b in rng.choice(n_bins, size=k % n_bins, replace=False):
         quota[int(b)] += 1
-    overflow = sum(max(0, q - len(b)) for q, b in zip(quota, bins))
-    quota = [min(q, len(b)) for q, b in zip(quota, bins)]
+    overflow = sum(max(0, q - len(b)) for q, b in zip(quota, bins, strict=True))
+    quota = [min(q, len(b)) for q, b in zip(quota, bins, strict=True)]
     while overflow:  # only when k is close to the pool size: move draws to bins with room
         for b in rng.permutation(n_bins):
             if overflow and quota[b] < len(bins[b]):
@@ -304,7 +305,7 @@ def _stratified(
                 overflow -= 1
     cells: list[str] = []
     info = []
-    for b, q in zip(bins, quota):
+    for b, q in zip(bins, quota, strict=True):
         drawn = [b[i] for i in rng.choice(len(b), size=q, replace=False)]
         cells.extend(drawn)
         info.append({"acc_min": acc[b[0]], "acc_max": acc[b[-1]], "n_pool": len(b), "n_sampled": q})

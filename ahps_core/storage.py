@@ -12,7 +12,8 @@ the difference::
 
 Uploads go file by file (boto3's ``upload_file``, multipart for large files) and only for files whose size or
 modification time changed since the last push, so pushing after every epoch costs one PUT per changed file;
-``.tmp``/``.part`` files (atomic writes in progress) are never uploaded. The S3 endpoint and credentials follow boto3's usual resolution
+``.tmp``/``.part`` files (atomic writes in progress) are never uploaded. The S3 endpoint and credentials follow
+boto3's usual resolution
 (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ...): in the
 cluster they come from Kubernetes secrets as environment variables, never from pipeline parameters.
 
@@ -26,7 +27,6 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from ahps_core.data.s3 import as_data_error, make_client, parse_s3_uri
 from ahps_core.errors import ConfigError

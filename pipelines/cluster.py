@@ -41,7 +41,7 @@ def cluster_params(*, experiment: str = "ahps") -> dict[str, Param]:
         "s3_endpoint": Param("", "S3 endpoint URL for data/checkpoints (MinIO etc.); empty: AWS or "
                                  "$AWS_ENDPOINT_URL_S3"),
         "s3_secret": Param("ahps-s3", "Kubernetes secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (optional)"),
-        "mlflow_secret": Param("ahps-mlflow",
+        "mlflow_secret": Param("ahps-mlflow-auth",
                                "Kubernetes secret with MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (optional)"),
         "gpu_tolerations": Param([dict(t) for t in DEFAULT_TOLERATIONS],
                                  "tolerations of the training pods (list of Kubernetes tolerations)"),

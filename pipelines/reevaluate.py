@@ -24,7 +24,8 @@ Steps (components, see :mod:`components.ops`; logic in :mod:`ahps_core.steps.ree
 **Defaults.** Unlike ``transfer``, the :data:`PARAMS` defaults are the *cluster's*: NB201's network and budget
 (C=16, N=5, 200 epochs), so a compiled/scheduled pipeline re-evaluates for real. ``ahps run reevaluate``
 replaces them by its local defaults (:mod:`ahps.orchestration.local`): the fixture's 3 cells, a tiny generated
-dataset in the real CIFAR / ImageNet16 formats written under the output directory, C=4, N=1, 2 epochs. Anything other than NB201's network
+dataset in the real CIFAR / ImageNet16 formats written under the output directory, C=4, N=1, 2 epochs. Anything
+other than NB201's network
 and budget, or generated data, is marked as a reduced budget -- in the parent and child runs' tags (``budget``),
 the parent run's description and params, and the printed summary -- so a smoke run is never mistaken for a
 re-evaluation.

@@ -45,7 +45,8 @@ PARAMS: dict[str, Param] = {
     "fixed_lr": Param(0.0, "LR of the fixed recipe (every architecture); 0: the base LR"),
     "lr_grid": Param([], "LR grid of the base-LR search; empty: 25 log-spaced points in [10^-2.5, 10^0.5]"),
     "lr_seeds": Param(3, "seeds of the base-LR search (the protocol uses >= 3)"),
-    "train_recipe": Param("", "training preset (ahps_core.train.RECIPES, e.g. nb201); empty: the family's default"),
+    "train_recipe": Param("", "training preset (ahps_core.presets.PRESETS: nb201, reference, probe); empty: the "
+                              "family's default (nb201 for nb201, reference for mlp/cnn)"),
     "batch_size": Param(0, "training batch size; 0: the recipe's"),
     "width": Param(0, "hidden width of mlp/cnn networks (probe and targets); 0: the dataset's default"),
     "max_steps_per_epoch": Param(0, "truncate every training epoch to this many steps; 0: full epochs"),

@@ -69,10 +69,10 @@ def mlflow_server_process(args: list[str], port: int, workdir: Path, env: dict[s
     import time
     import urllib.request
 
-    log = open(workdir / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=workdir, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    with open(workdir / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"  # the child keeps its own copy of the log file descriptor
     try:
         end = time.monotonic() + deadline_s
         while True:
@@ -97,4 +97,3 @@ def mlflow_server_process(args: list[str], port: int, workdir: Path, env: dict[s
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the group this helper started (uvicorn workers)
             proc.wait(timeout=10)
-        log.close()

@@ -95,7 +95,7 @@ class FakeKFP:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
-    def start(self) -> "FakeKFP":
+    def start(self) -> FakeKFP:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -147,7 +147,7 @@ class FakeKFP:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeKFP":
+    def __enter__(self) -> FakeKFP:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

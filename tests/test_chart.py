@@ -5,6 +5,7 @@ the schedule syntax are in test_chart_values.py."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 import pytest
@@ -340,18 +341,11 @@ def test_a_configmap_edit_reaches_the_next_submit_as_files(rendered, tmp_path):
     for key, value in cm["data"].items():
         (tmp_path / key).write_text(value)
 
-    def read_params_dir(d) -> dict:
-        out = {}
-        for f in sorted(d.iterdir()):
-            if f.is_file() and not f.name.startswith("."):
-                text = f.read_text().strip()
-                try:
-                    out[f.name] = yaml.safe_load(text) if text.startswith(("{", "[")) else int(text)
-                except ValueError:
-                    out[f.name] = text
-        return out
+    from ahps.orchestration.params import read_params_dir
 
+    os.symlink(tmp_path / "epochs", tmp_path / "..data")  # the kubelet's bookkeeping entries are skipped
     params = read_params_dir(tmp_path)
+    assert "..data" not in params
     assert params["epochs"] == 3 and params["max_steps_per_epoch"] == 20
     assert params["gpu_tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert params["gpu_node_selector"] == {"nvidia.com/gpu.present": "true"}

@@ -85,7 +85,8 @@ def test_kubernetes_settings_from_parameters(compiled):
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     train = k8s["exec-train"]
     assert train["tolerations"] == [{"tolerationJson": {"componentInputParameter": "pipelinechannel--gpu_tolerations"}}]
-    assert train["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}}
+    assert train["nodeSelector"] == {
+        "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}}
     assert train["emptyDirMounts"] == [{"mountPath": "/var/cache/ahps/data", "volumeName": "ahps-data-cache"}]
     secrets = {s["secretNameParameter"]["componentInputParameter"]: s for s in train["secretAsEnv"]}
     s3 = secrets["pipelinechannel--s3_secret"]
@@ -105,7 +106,8 @@ def test_no_credential_value_in_yaml(compiled):
         assert value not in text
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert not [n for n in inputs if any(w in n.lower() for w in ("password", "secret_key", "token", "access_key"))]
-    assert inputs["s3_secret"]["defaultValue"] == "ahps-s3" and inputs["mlflow_secret"]["defaultValue"] == "ahps-mlflow"
+    assert inputs["s3_secret"]["defaultValue"] == "ahps-s3"
+    assert inputs["mlflow_secret"]["defaultValue"] == "ahps-mlflow-auth"
 
 
 def test_compile_options(tmp_path):

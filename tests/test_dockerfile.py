@@ -217,7 +217,8 @@ def test_every_copy_source_exists_and_is_in_the_build_context(df):
     for src in sources:
         path = ROOT / src
         assert path.exists(), f"COPY source {src} does not exist in the repository"
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        files = [path] if path.is_file() else [p for p in path.rglob("*")
+                                               if p.is_file() and "__pycache__" not in p.parts]
         for f in files:
             rel = f.relative_to(ROOT).as_posix()
             assert in_build_context(rel), f"{rel} is copied but excluded by .dockerignore"

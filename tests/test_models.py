@@ -43,7 +43,8 @@ def test_mlp_forward_equals_hand_computation():
     m = _mlp("2_12_002_0012", width=8)
     x = torch.randn(5, 2, 3)
     relu = torch.relu
-    L = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0] for i, layer in zip(m.edge_index, m.layers)}
+    L = {(m.graph.edges[i].src, m.graph.edges[i].dst): layer[0]
+         for i, layer in zip(m.edge_index, m.layers, strict=True)}
     h0 = relu(m.stem(x.flatten(1)))
     h1 = relu(L[0, 1](h0))
     h2 = h0 + relu(L[1, 2](h1))
@@ -128,7 +129,8 @@ NB201_PARAMS = [
 @pytest.mark.parametrize("arch,params", NB201_PARAMS)
 def test_nb201_parameter_counts_match_the_benchmark(arch, params):
     graph = parse_arch(arch)
-    for (classes, shape), expected in zip([(10, (3, 32, 32)), (100, (3, 32, 32)), (120, (3, 16, 16))], params):
+    shapes = [(10, (3, 32, 32)), (100, (3, 32, 32)), (120, (3, 16, 16))]
+    for (classes, shape), expected in zip(shapes, params, strict=True):
         model = build_model(graph, num_classes=classes, in_shape=shape, init="default")
         assert _params(model) == round(expected * 1e6)
 
@@ -157,7 +159,8 @@ def test_nb201_cell_ops_are_exactly_nb201s():
     graph = parse_arch("2_34_111", "nb201")
     cell = build_model(graph, num_classes=2, in_shape=(3, 8, 8), C=4, N=1).cells[0]
     assert isinstance(cell, InferCell)
-    ops = {(graph.edges[i].src, graph.edges[i].dst): layer for i, layer in zip(cell.edge_index, cell.layers)}
+    ops = {(graph.edges[i].src, graph.edges[i].dst): layer
+           for i, layer in zip(cell.edge_index, cell.layers, strict=True)}
     assert set(ops) == {(0, 1), (0, 2), (1, 2)}  # skips are identities, not modules
     conv1, conv3, pool = ops[0, 1], ops[0, 2], ops[1, 2]
     for op, k in ((conv1, 1), (conv3, 3)):
@@ -178,7 +181,8 @@ def test_nb201_cell_ops_are_exactly_nb201s():
 def test_nb201_cell_sums_in_source_order():
     graph = parse_arch("3_31_133", "nb201")
     cell = build_model(graph, num_classes=2, in_shape=(3, 8, 8), C=4, N=1).cells[0].eval()
-    op = {(graph.edges[i].src, graph.edges[i].dst): layer for i, layer in zip(cell.edge_index, cell.layers)}
+    op = {(graph.edges[i].src, graph.edges[i].dst): layer
+          for i, layer in zip(cell.edge_index, cell.layers, strict=True)}
     x = torch.randn(2, 4, 8, 8)
     n1 = op[0, 1](x)
     n2 = op[0, 2](x) + n1

@@ -262,9 +262,9 @@ def test_schedule_creates_a_recurring_run_of_the_reevaluate_package(capsys):
         assert "benchmark is empty" in capsys.readouterr().err
 
 
-def test_chart_hook_replaces_and_passes_only_accepted_parameters():
+def test_chart_hook_replaces_and_passes_only_accepted_parameters(tmp_path):
     helm = pytest.importorskip("helm_python")
-    from ahps.orchestration.params import coerce_params, parse_param_args
+    from ahps.orchestration.params import pipeline_and_params
     from ahps_core.steps.params import check_reevaluate
     from pipelines import get_pipeline
 
@@ -275,7 +275,7 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters():
         on = {"enabled": True, "mode": "recurringRun",
               "params": {"data_source": "s3://ahps-datasets/cifar10", "benchmark": "fixture"}}
         recurring = {**production, "scheduler": {**production["scheduler"], "mode": "recurringRun"}}
-        for values in ({"scheduler": on}, recurring):
+        for i, values in enumerate(({"scheduler": on}, recurring)):
             docs = [d for path, text in ch.render(values, name="ahps", namespace="ml").items()
                     if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
             (job,) = [d for d in docs if d["kind"] == "Job"]
@@ -286,8 +286,11 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters():
             (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ahps-scheduler"]
             # as --params-dir reads the mounted files (each parsed like --param NAME=VALUE, empty = the default);
             # unknown names would raise
-            pairs = [f"{k}={v.strip()}" for k, v in cm["data"].items() if v.strip()]
-            given = coerce_params(get_pipeline("reevaluate"), parse_param_args(pairs))
+            mounted = tmp_path / f"params-{i}"
+            mounted.mkdir()
+            for key, value in cm["data"].items():
+                (mounted / key).write_text(value)
+            _, given = pipeline_and_params("reevaluate", [], mounted)
             assert given["family"] == "nas-bench-201" and given["tracking_uri"].startswith("http://ahps-mlflow.")
     checked = check_reevaluate({**get_pipeline("reevaluate").defaults(), **given}, local=False)
     assert checked["family"] == "nb201" and checked["benchmark"].startswith("s3://")

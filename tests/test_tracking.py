@@ -139,7 +139,8 @@ def test_tracker_is_idempotent_and_creates_experiment_once(mlflow_server):
     assert len(runs) == 2  # one parent, one child: nothing duplicated
     kid = next(r for r in runs if tags_of(r).get(RUN_KEY_TAG) == key)
     assert tags_of(kid)["mlflow.parentRunId"] == parent.run_id
-    hist = rest(mlflow_server, f"/api/2.0/mlflow/metrics/get-history?run_id={kid['info']['run_id']}&metric_key=train_loss")
+    hist = rest(mlflow_server,
+                f"/api/2.0/mlflow/metrics/get-history?run_id={kid['info']['run_id']}&metric_key=train_loss")
     assert [(m["step"], m["value"]) for m in hist["metrics"]] == [(1, 1.5), (2, 0.5)]
 
 

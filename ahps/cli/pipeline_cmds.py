@@ -20,6 +20,13 @@ from pathlib import Path
 import click
 
 PARAM_HELP = "Pipeline parameter NAME=VALUE (repeatable; VALUE is JSON or a comma list)."
+PARAMS_DIR_HELP = ("Read parameters from the files of DIR (file name = NAME, content = VALUE, e.g. a mounted "
+                   "ConfigMap); --param wins.")
+
+
+def _params_dir_option(f):
+    return click.option("--params-dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
+                        help=PARAMS_DIR_HELP)(f)
 DEFAULT_OUTPUT_DIR = "ahps_outputs"
 DEFAULT_STORE_DIR = "mlruns"
 DEFAULT_KFP_EXPERIMENT = "ahps"
@@ -45,11 +52,10 @@ def _compile_options(f):
 
 
 def _settings(accelerator: str, gpus: int, dataset_pvc: str, cache_dir: str | None, parallelism: int, retries: int):
-    from pipelines.cluster import TaskSettings
+    from pipelines.cluster import DEFAULT_CACHE_DIR, TaskSettings
 
-    extra = {} if cache_dir is None else {"cache_dir": cache_dir}
     return TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, parallelism=parallelism,
-                        retries=retries, **extra)
+                        retries=retries, cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
 
 
 # --- ahps run ---------------------------------------------------------------------------------------------------
@@ -58,6 +64,7 @@ def _settings(accelerator: str, gpus: int, dataset_pvc: str, cache_dir: str | No
 @click.command("run")
 @click.argument("pipeline", default="transfer")
 @click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help=PARAM_HELP)
+@_params_dir_option
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI (default: sqlite:///<cwd>/mlruns/mlflow.db, artifacts in ./mlruns/artifacts).")
 @click.option("--run-group", default=None, metavar="KEY",
@@ -70,8 +77,9 @@ def _settings(accelerator: str, gpus: int, dataset_pvc: str, cache_dir: str | No
 @click.option("--verbose", "-v", is_flag=True, help="Show the local runner's full task logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (after the run).")
 @click.option("--list-params", is_flag=True, help="List the pipeline's parameters with defaults and exit.")
-def run_cmd(pipeline: str, params: tuple[str, ...], tracking_uri: str | None, run_group: str | None,
-            output_dir: str, parallelism: int | None, verbose: bool, as_json: bool, list_params: bool) -> None:
+def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, tracking_uri: str | None,
+            run_group: str | None, output_dir: str, parallelism: int | None, verbose: bool, as_json: bool,
+            list_params: bool) -> None:
     """Run PIPELINE (default: transfer) on kfp's local runner and print its summary.
 
     The default run needs nothing but this install: scikit-learn's digits, five mlp DAG targets of different
@@ -82,13 +90,14 @@ def run_cmd(pipeline: str, params: tuple[str, ...], tracking_uri: str | None, ru
     from ahps_core.tracking import local_store_uri, ui_command
 
     started = time.perf_counter()
-    pipe, given = pipeline_and_params(pipeline, params)
+    pipe, given = pipeline_and_params(pipeline, params, params_dir)
     if list_params:
         for name, spec in pipe.params.items():
             click.echo(f"{name} = {json.dumps(spec.default)}\n    {spec.help}")
         return
     out_dir = Path(output_dir).resolve()
-    uri = tracking_uri if tracking_uri is not None else (given.get("tracking_uri") or local_store_uri(DEFAULT_STORE_DIR))
+    uri = tracking_uri if tracking_uri is not None else (given.get("tracking_uri")
+                                                          or local_store_uri(DEFAULT_STORE_DIR))
     args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group)
     done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism or default_parallelism(),
                        verbose=verbose, echo=click.echo)
@@ -123,15 +132,16 @@ def run_cmd(pipeline: str, params: tuple[str, ...], tracking_uri: str | None, ru
               help="Output YAML (default: ahps-PIPELINE.yaml).")
 @click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
               help="Default of a pipeline parameter baked into the YAML (repeatable).")
+@_params_dir_option
 @_compile_options
-def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], image, accelerator, gpus, dataset_pvc,
-                cache_dir, parallelism, retries) -> None:
+def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], params_dir: str | None, image,
+                accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
     """Compile PIPELINE to Kubeflow Pipelines IR YAML."""
     from ahps.orchestration.kfp_client import build, compile_to
     from ahps.orchestration.params import pipeline_and_params, validated
     from components import make_components
 
-    pipe, given = pipeline_and_params(pipeline, params)
+    pipe, given = pipeline_and_params(pipeline, params, params_dir)
     checked = validated(pipe, given, local=False, require_tracking=False)
     defaults = {k: checked[k] for k in given if k != "tracking_uri"} | (
         {"tracking_uri": given["tracking_uri"]} if "tracking_uri" in given else {})
@@ -152,7 +162,7 @@ def _kfp_options(f):
                      help="KFP experiment (created when missing).")(f)
     f = click.option("--namespace", default=None, metavar="NS", help="Kubernetes namespace (multi-user KFP).")(f)
     f = click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help=PARAM_HELP)(f)
-    return f
+    return _params_dir_option(f)
 
 
 @click.command("submit")
@@ -161,12 +171,13 @@ def _kfp_options(f):
 @click.option("--run-name", default=None, metavar="NAME", help="Display name of the run (default: PIPELINE + time).")
 @_compile_options
 def submit_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...],
-               run_name: str | None, image, accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
+               params_dir: str | None, run_name: str | None, image, accelerator, gpus, dataset_pvc, cache_dir,
+               parallelism, retries) -> None:
     """Submit a run of PIPELINE to a Kubeflow Pipelines host."""
     from ahps.orchestration.kfp_client import submit
     from ahps.orchestration.params import pipeline_and_params
 
-    pipe, given = pipeline_and_params(pipeline, params)
+    pipe, given = pipeline_and_params(pipeline, params, params_dir)
     run = submit(pipe, given, host=host, experiment=experiment, namespace=namespace, run_name=run_name,
                  settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries), image=image)
     click.echo(f"submitted run {run.run_id} ({run.run_name!r}) of pipeline {pipe.name!r} to {run.host}, experiment "
@@ -186,22 +197,22 @@ def submit_cmd(pipeline: str, host: str, experiment: str, namespace: str | None,
 @click.option("--catchup/--no-catchup", default=False, show_default=True,
               help="Backfill missed intervals after a pause.")
 @_compile_options
-def schedule_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...], cron: str,
-                 name: str | None, replace: bool, max_concurrency: int, catchup: bool, image, accelerator, gpus,
-                 dataset_pvc, cache_dir, parallelism, retries) -> None:
+def schedule_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...],
+                 params_dir: str | None, cron: str, name: str | None, replace: bool, max_concurrency: int,
+                 catchup: bool, image, accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
     """Create a recurring run of PIPELINE on a Kubeflow Pipelines host (idempotent by --name)."""
     from ahps.orchestration.cron import kfp_cron
     from ahps.orchestration.kfp_client import schedule
     from ahps.orchestration.params import pipeline_and_params
 
     cron6 = kfp_cron(cron)
-    pipe, given = pipeline_and_params(pipeline, params)
+    pipe, given = pipeline_and_params(pipeline, params, params_dir)
     job = schedule(pipe, given, host=host, experiment=experiment, namespace=namespace, cron=cron6,
                    name=name or f"ahps-{pipe.name}", replace=replace, max_concurrency=max_concurrency, catchup=catchup,
                    settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries), image=image)
     if job.action == "kept":
-        click.echo(f"recurring run {job.name!r} already exists in experiment {experiment!r} (id {job.recurring_run_id}, "
-                   f"cron {job.cron!r}): not created again; pass --replace to replace it")
+        click.echo(f"recurring run {job.name!r} already exists in experiment {experiment!r} (id "
+                   f"{job.recurring_run_id}, cron {job.cron!r}): not created again; pass --replace to replace it")
         return
     click.echo(f"{job.action} recurring run {job.name!r} (id {job.recurring_run_id}) of pipeline {pipe.name!r}: cron "
                f"{cron6!r} (KFP format, seconds first), experiment {experiment!r}, host {job.host}")

@@ -221,6 +221,7 @@ def schedule(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment:
             created = kfp_client.create_recurring_run(
                 experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, params=arguments,
                 pipeline_id=pipeline_id, version_id=version_id, max_concurrency=max_concurrency,
-                no_catchup=not catchup, enabled=True, description=f"ahps {pipe.name} pipeline, scheduled by ahps schedule",
+                no_catchup=not catchup, enabled=True,
+                description=f"ahps {pipe.name} pipeline, scheduled by ahps schedule",
             )
     return Scheduled(created.recurring_run_id, name, cron, host, "replaced" if found else "created")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from ahps_core.errors import ConfigError
@@ -109,10 +111,41 @@ def coerce_params(pipeline: PipelineDef, params: dict[str, Any]) -> dict[str, An
     return {k: coerce(k, v, spec[k].default) for k, v in params.items()}
 
 
-def pipeline_and_params(name: str, param_args: tuple[str, ...] | list[str]) -> tuple[PipelineDef, dict[str, Any]]:
-    """The pipeline named ``name`` and the ``--param`` values given, typed."""
+#: The largest parameter file :func:`read_params_dir` reads (a ConfigMap value is at most 1 MiB as well).
+MAX_PARAM_FILE_BYTES = 1 << 20
+
+
+def read_params_dir(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``--params-dir DIR``: every regular file in ``DIR`` whose name does not start with ``.`` is one parameter
+    (the file name) whose stripped content is its value, parsed like ``--param NAME=VALUE``; an empty file leaves
+    the pipeline's default. This is how a ConfigMap mounted as a volume looks (one file per key, a symlink into
+    ``..data``, which is skipped), so an edit of the ConfigMap, a new key included, reaches the next run."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"--params-dir {str(root)!r} is not a directory")
+    out: dict[str, Any] = {}
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.stat().st_size > MAX_PARAM_FILE_BYTES:
+            raise ConfigError(f"parameter file {str(path)!r} is larger than {MAX_PARAM_FILE_BYTES} bytes")
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"parameter file {str(path)!r} cannot be read: {exc}") from None
+        if text:
+            out[path.name] = parse_value(text)
+    return out
+
+
+def pipeline_and_params(name: str, param_args: tuple[str, ...] | list[str],
+                        params_dir: str | os.PathLike[str] | None = None) -> tuple[PipelineDef, dict[str, Any]]:
+    """The pipeline named ``name`` and the parameter values given, typed: those of ``params_dir``
+    (:func:`read_params_dir`), overridden by the ``--param`` pairs."""
     pipe = get_pipeline(name)
-    return pipe, coerce_params(pipe, parse_param_args(param_args))
+    given = read_params_dir(params_dir) if params_dir else {}
+    given.update(parse_param_args(param_args))
+    return pipe, coerce_params(pipe, given)
 
 
 def validated(pipe: PipelineDef, given: dict[str, Any], *, local: bool, extra: dict[str, Any] | None = None,

@@ -222,7 +222,9 @@ class BenchmarkRecords:
 
     def index_of(self, arch: str | ArchGraph | int) -> int:
         """Benchmark index of an NB201 arch string, digit code (``3_33_133``), :class:`ArchGraph` or index."""
-        if isinstance(arch, int) and not isinstance(arch, bool):
+        if isinstance(arch, bool):
+            raise ConfigError(f"architecture {arch!r} is not an NB201 arch string, digit code or index")
+        if isinstance(arch, int):
             self.arch_str(arch)
             return arch
         arch_str = nb201_arch_string(arch)
@@ -421,7 +423,8 @@ def _from_nb201_file(path: Path) -> BenchmarkRecords:
     import torch
     from nas_201_api import NASBench201API
 
-    allowed = [_NP_SCALAR, (_NP_SCALAR, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64))]
+    allowed: list[Any] = [_NP_SCALAR, (_NP_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+                          type(np.dtype(np.float64))]
     try:
         with torch.serialization.safe_globals(allowed):
             api = NASBench201API(str(path), verbose=False)

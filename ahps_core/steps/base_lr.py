@@ -84,8 +84,8 @@ def _search(*, family: str, dataset: str, data_source: str, lr_grid: Sequence[fl
         extra["data"] = load_training_data(dataset, data_source, checksums_file=checksums_file,
                                            s3_endpoint=s3_endpoint)
     result = find_base_lr(family, dataset, data_root=data_source or None, grid=list(lr_grid) or None,
-                          seeds=list(range(int(lr_seeds))), width=int(width) if width else default_width(family, dataset),
-                          **extra)
+                          seeds=list(range(int(lr_seeds))),
+                          width=int(width) if width else default_width(family, dataset), **extra)
     log("find-base-lr", f"base LR {result.best_lr:.6g} from {result.runs_used} probe runs "
                         f"({result.seconds:.1f} s){' -- at the grid edge' if result.at_edge else ''}")
     return {"base_lr": result.best_lr, "source": "search", **result.to_dict()}

@@ -169,7 +169,8 @@ def reeval_plan_step(
     tracking_uri: str, experiment: str, run_group: str, out_dir: str,
 ) -> list[dict[str, Any]]:
     """Step 3: the LR (transferred from ``base_lr``) and init of every sampled cell x seed, autoscaled arm only
-    (:func:`~ahps_core.steps.transfer.plan_step`), each item carrying the cell's benchmark accuracy and index for its MLflow run."""
+    (:func:`~ahps_core.steps.transfer.plan_step`), each item carrying the cell's benchmark accuracy and index
+    for its MLflow run."""
     budget = sample.get("budget", {}).get("label", "")
     cells = {c["arch"]: {"benchmark_acc": c["benchmark_acc"], "benchmark_index": c["index"], "arch_code": c["code"],
                          "budget": budget} for c in sample["cells"]}
@@ -341,10 +342,10 @@ def _log_ranking(run, summary: Mapping[str, Any], main: list[dict[str, Any]], ro
         name = slug(row["code"])
         run.log_metrics({f"new_acc/{name}": row.get("new_acc"), f"benchmark_acc/{name}": row.get("benchmark_acc"),
                          f"delta/{name}": row.get("delta")})
-    for path in (out / RANKING_REPORT_FILE, out / SUMMARY_FILE, out / SUMMARY_MD_FILE):
-        run.log_file(path, "ranking")
-    for path in plots.values():
-        run.log_file(path, "plots")
+    for report in (out / RANKING_REPORT_FILE, out / SUMMARY_FILE, out / SUMMARY_MD_FILE):
+        run.log_file(report, "ranking")
+    for plot in plots.values():
+        run.log_file(plot, "plots")
 
 
 def ranking_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -217,9 +217,11 @@ class Tracker:
         differ from ``params`` is a ConfigError: the same run-group key cannot mean two different runs)."""
         ref = self.find_parent()
         if ref is None:
-            all_tags = {RUN_GROUP_TAG: self.run_group, KIND_TAG: "parent", **{k: str(v) for k, v in (tags or {}).items()}}
+            all_tags = {RUN_GROUP_TAG: self.run_group, KIND_TAG: "parent",
+                        **{k: str(v) for k, v in (tags or {}).items()}}
             with self._errors("run creation"):
-                run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name or f"ahps {self.run_group}")
+                run = self.client.create_run(self.experiment_id, tags=all_tags,
+                                             run_name=name or f"ahps {self.run_group}")
             ref = self._ref(run, False)
         self._parent_id = ref.run_id
         if params:
@@ -300,12 +302,13 @@ class Tracker:
             for i in range(0, len(batch), 500):
                 self.client.log_batch(run_id, metrics=batch[i:i + 500])
 
-    def log_history(self, run_id: str, history: list[Mapping[str, Any]], *, keys: tuple[str, ...] | None = None) -> None:
+    def log_history(self, run_id: str, history: list[Mapping[str, Any]], *,
+                    keys: tuple[str, ...] | None = None) -> None:
         """Step metrics of a training history (one record per epoch, ``epoch`` is the step)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = []
+        batch: list[Metric] = []
         for rec in history:
             step = int(rec.get("epoch", 0) or 0)
             values = {k: v for k, v in rec.items() if k != "epoch" and (keys is None or k in keys)}
@@ -353,7 +356,5 @@ class Tracker:
 
     def finish_quietly(self, run_id: str, status: str) -> None:
         """:meth:`finish`, ignoring a tracking failure (used while another error is being raised)."""
-        try:
+        with contextlib.suppress(AhpsError):
             self.finish(run_id, status)
-        except AhpsError:
-            pass
