@@ -3,7 +3,12 @@ descriptor), from what people write (5 fields, 6 fields, ``@daily``, ``@every 6h
 
 from __future__ import annotations
 
+import re
+
 from ahps_core.errors import ConfigError
+
+#: A Go duration as ``@every`` takes it (robfig/cron uses time.ParseDuration): e.g. ``6h``, ``1h30m``, ``90s``.
+_GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 
 _CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _CRON_FIELDS = (  # (name, low, high, names)
@@ -21,8 +26,13 @@ def kfp_cron(expr: str) -> str:
     ``0`` second is prepended), a 6-field one (kept) or a descriptor (``@daily``...). ConfigError naming the bad
     field otherwise."""
     text = " ".join((expr or "").split())
-    if text.lower() in _CRON_DESCRIPTORS or text.lower().startswith("@every "):
+    if text.lower() in _CRON_DESCRIPTORS:
         return text.lower()
+    if text.lower().startswith("@every"):
+        duration = text[len("@every"):].strip()
+        if not _GO_DURATION.match(duration):  # robfig/cron runs durations under 1 s every second
+            raise ConfigError(f"cron expression {expr!r}: @every needs a duration such as 6h, 1h30m or 90s")
+        return f"@every {duration}"
     fields = text.split(" ") if text else []
     if len(fields) == 5:
         fields = ["0", *fields]
@@ -41,8 +51,8 @@ def _check_cron_field(expr: str, value: str, name: str, low: int, high: int, nam
     if value == "?" and name in ("day of month", "day of week"):
         return
     for part in value.split(","):
-        rng, _, step = part.partition("/")
-        if step and (not step.isdigit() or int(step) < 1):
+        rng, slash, step = part.partition("/")
+        if slash and (not step.isdigit() or int(step) < 1):
             raise bad(f"has a bad step {step!r}")
         if rng == "*":
             continue
