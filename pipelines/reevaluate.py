@@ -77,7 +77,8 @@ PARAMS: dict[str, Param] = {
     "lr_grid": Param([], "LR grid of the base-LR search (base_lr 0); empty: 25 log-spaced points"),
     "lr_seeds": Param(3, "seeds of the base-LR search (base_lr 0)"),
     "rule": Param("sum-cubed", "transfer rule: sum-cubed (Chen et al.) or effective-depth (Wu et al.)"),
-    "convention": Param("reference", "depth convention: reference (released code) or paper"),
+    "convention": Param("reference", "depth convention: reference (released code), paper, or wu (Wu et al.'s unit: "
+                                     "every weight layer of the whole network; give it with rule=effective-depth)"),
     "epochs": Param(P["epochs"], "training epochs per cell (NB201: 200; ahps run: 2)"),
     "seeds": Param(P["seeds"], "training seeds per cell (NB201: 777, 888, 999; ahps run: 777)"),
     "C": Param(P["C"], "channels of the first stage of the macro network (NB201: 16; ahps run: 4)"),

@@ -43,7 +43,8 @@ PARAMS: dict[str, Param] = {
     "seeds": Param([0], "training seeds of every target and recipe"),
     "epochs": Param(20, "training epochs of every target"),
     "rule": Param("sum-cubed", "transfer rule: sum-cubed (Chen et al.) or effective-depth (Wu et al.)"),
-    "convention": Param("reference", "depth convention: reference or paper"),
+    "convention": Param("reference", "depth convention: reference (released code), paper, or wu (Wu et al.'s unit: "
+                                     "every weight layer of the whole network; give it with rule=effective-depth)"),
     "base_lr": Param(0.0, "base LR of the proxy; 0: find it by the LR search"),
     "fixed_lr": Param(0.0, "LR of the fixed recipe (every architecture); 0: the family's fixed arm (nb201: "
                            "NB201's 0.1; mlp/cnn: the base LR), always with PyTorch's default init"),
