@@ -12,8 +12,9 @@ weight is drawn from ``N(0, std^2)``:
   :func:`ahps_core.scaling.init_plan`). In-degrees count live signal inputs (skips and pools included, zero
   edges excluded) and the input vertex counts 1 (:meth:`ArchGraph.in_degree`). The reference uses ``fan_out``
   mode for MLP/CNN hidden edges; fan_out equals fan_in for these ``width -> width`` layers.
-  The reference counts every non-zero edge, even from a vertex the input never reaches; we count only live ones
-  (such an edge carries no signal and is not built, see :mod:`ahps_core.models.dag`).
+  The reference counts every non-zero edge, even from a vertex the input never reaches (``indegree="all"``); by
+  default we count only live ones (``indegree="live"``: such an edge carries no signal, and in a pruned network it
+  is not built, see :mod:`ahps_core.models.dag`). NB201's re-evaluation protocol uses ``all``.
 * **MLP/CNN stem**: the reference's ``fan_out`` mode with degree 1, ``Var = 2 / (width * k^2)`` (``k = 1`` for
   the MLP), *not* ``2 / fan_in``.
 * **MLP/CNN readout**: the reference's ``std_power=2`` quirk, ``std = 2 / classes`` (``Var = 4 / classes^2``,
@@ -41,7 +42,7 @@ from ahps_core.checks import check_choice
 from ahps_core.errors import ConfigError
 from ahps_core.models.dag import DagNet
 from ahps_core.models.nb201 import InferCell, ReLUConvBN, ResNetBasicblock, TinyNetwork
-from ahps_core.scaling import DEGREE_RULES, init_plan
+from ahps_core.scaling import DEGREE_RULES, INDEGREE_MODES, init_plan
 
 INIT_SCHEMES = ("arch-aware", "default")
 
@@ -50,11 +51,14 @@ NB201_REDUCTION_DEGREES = {"conv_a": 2, "conv_b": 1, "downsample": 2}
 
 
 def initialize(
-    model: nn.Module, scheme: str = "arch-aware", *, degree: str = "source", generator: torch.Generator | None = None
+    model: nn.Module, scheme: str = "arch-aware", *, degree: str = "source", indegree: str = "live",
+    generator: torch.Generator | None = None,
 ) -> nn.Module:
-    """Initialize ``model`` (a :class:`DagNet` or :class:`TinyNetwork`) in place with ``scheme``; returns it."""
+    """Initialize ``model`` (a :class:`DagNet` or :class:`TinyNetwork`) in place with ``scheme``; returns it.
+    ``indegree`` (arch-aware only): ``live`` or ``all`` inputs counted (:func:`ahps_core.scaling.in_degrees`)."""
     check_choice("init scheme", scheme, INIT_SCHEMES)
     check_choice("degree rule", degree, DEGREE_RULES)
+    check_choice("indegree", indegree, INDEGREE_MODES)
     if not isinstance(model, (DagNet, TinyNetwork)):
         raise ConfigError(
             f"cannot initialize a {type(model).__name__}: accepted are the models of ahps_core.models "
@@ -65,9 +69,9 @@ def initialize(
             if generator is not None:
                 pytorch_default_(model, generator)
         elif isinstance(model, DagNet):
-            _init_dag(model, degree, generator)
+            _init_dag(model, degree, indegree, generator)
         else:
-            _init_nb201(model, degree, generator)
+            _init_nb201(model, degree, indegree, generator)
     return model
 
 
@@ -114,8 +118,8 @@ def _weight(m: nn.Module) -> torch.Tensor:
     return m.weight
 
 
-def _init_dag(model: DagNet, degree: str, generator: torch.Generator | None) -> None:
-    plan = {p.index: p for p in init_plan(model.graph, degree)}
+def _init_dag(model: DagNet, degree: str, indegree: str, generator: torch.Generator | None) -> None:
+    plan = {p.index: p for p in init_plan(model.graph, degree, indegree)}
     stem = model.stem.weight
     he_normal_(stem, 1, fan=fan_out(stem), generator=generator)  # reference: 'fan_out' mode, degree 1
     _zero_bias(model.stem)
@@ -127,8 +131,8 @@ def _init_dag(model: DagNet, degree: str, generator: torch.Generator | None) -> 
     _zero_bias(model.readout)
 
 
-def _init_nb201(model: TinyNetwork, degree: str, generator: torch.Generator | None) -> None:
-    plan = {p.index: p for p in init_plan(model.graph, degree)}
+def _init_nb201(model: TinyNetwork, degree: str, indegree: str, generator: torch.Generator | None) -> None:
+    plan = {p.index: p for p in init_plan(model.graph, degree, indegree)}
     he_normal_(_weight(model.stem[0]), 1, generator=generator)
     for cell in model.cells:
         if isinstance(cell, InferCell):

@@ -299,8 +299,9 @@ def find_base_lr(
     threads: int | None = None,
 ) -> LRSearchResult:
     """The base LR of ``family`` on ``dataset``: :func:`find_max_lr` on the family's proxy
-    (:func:`ahps_core.models.build_proxy`). Defaults: :func:`default_budget` and :func:`default_width` of the
-    dataset, :func:`default_grid`, seeds 0, 1, 2, coarse-to-fine refinement."""
+    (:func:`ahps_core.models.build_proxy`). Defaults: :func:`default_budget` of the family and dataset (nb201:
+    its training recipe's optimizer for one epoch) and :func:`default_width` of the dataset, :func:`default_grid`,
+    seeds 0, 1, 2, coarse-to-fine refinement."""
     from ahps_core.models import proxy_graph
 
     check_family(family)
@@ -310,7 +311,7 @@ def find_base_lr(
         from ahps_core.data import load_dataset
 
         data = load_dataset(dataset, data_root)
-    budget = budget or default_budget(dataset)
+    budget = budget or default_budget(dataset, family)
     width = width if width is not None else default_width(family, dataset)
     graph = proxy_graph(family, kernel_size=kernel_size)
     factory = arch_factory(graph, data, width=width, C=C, N=N, init=init, kernel_size=kernel_size)

@@ -2,8 +2,8 @@
 
 * transfer: :func:`format_table` (per architecture: predicted LR, accuracy per arm, delta, ranks),
   :func:`format_stats` (wins, mean delta with CI, Kendall tau-b / Spearman between the arms), :func:`format_markdown`;
-* reevaluate: :func:`format_reevaluation` (the budget banner, the per-cell table, the top-K% ranking table with the
-  noise floor, the mean delta and the gaps), :func:`format_reevaluation_markdown`.
+* reevaluate: :func:`format_reevaluation` (the protocol banner with every deviation, the per-cell table, the top-K%
+  ranking table with the noise floor, the mean delta and the gaps), :func:`format_reevaluation_markdown`.
 
 Accuracies in a transfer summary are fractions (shown as %), in a reevaluate summary points (%).
 """
@@ -127,14 +127,27 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_protocol(summary: Mapping[str, Any]) -> list[str]:
+    """The protocol banner of a re-evaluation: ``protocol=nb201`` in one line, or every deviation from
+    NAS-Bench-201's protocol framed by ``!`` (the REDUCED budget among them, as ``budget``); a summary recorded
+    before protocols were tracked gets its budget banner."""
+    protocol, budget = summary.get("protocol") or {}, summary.get("budget", {})
+    bar = "!" * 100
+    if not protocol:
+        return [bar, f"!! {budget.get('text')}", bar, ""] if budget.get("reduced") else []
+    if protocol.get("label") != "deviated":
+        return [f"protocol=nb201: {protocol.get('text')}", ""]
+    lines = [bar, f"!! protocol=deviated: {protocol.get('text')}:"]
+    lines += [f"!!   {d['name']}: {d['text']}" for d in protocol.get("deviations", [])]
+    return [*lines, bar, ""]
+
+
 def format_reevaluation(summary: Mapping[str, Any]) -> str:
-    """The report ``ahps run reevaluate`` prints: the budget banner, the per-cell table (benchmark vs new
-    accuracy and ranks), the top-K% ranking table with the noise floor, the mean delta and the gaps."""
+    """The report ``ahps run reevaluate`` prints: the protocol banner (:func:`format_protocol`), the per-cell table
+    (benchmark vs new accuracy and ranks), the top-K% ranking table with the noise floor, the mean delta and the
+    gaps."""
     budget = summary.get("budget", {})
-    lines = []
-    if budget.get("reduced"):
-        bar = "!" * 100
-        lines += [bar, f"!! {budget.get('text')}", bar, ""]
+    lines = format_protocol(summary)
     for note in budget.get("notes", []):
         lines.append(f"note: {note}")
     lines.append(f"re-evaluation of {len(summary.get('rows', []))} NB201 cells on {summary.get('dataset')} "
@@ -143,7 +156,11 @@ def format_reevaluation(summary: Mapping[str, Any]) -> str:
                  f"evaluated on our '{summary.get('eval_part')}' part)")
     lines.append(f"base LR {fmt(summary.get('base_lr'), '.4g')}, rule {summary.get('rule')}, convention "
                  f"{summary.get('convention')}")
-    if summary.get("dataset") in ("cifar100", "ImageNet16-120"):
+    split = summary.get("split") or {}
+    if split:
+        lines.append(f"split file {split.get('source')} (md5 {split.get('md5')}, "
+                     f"{'NB201' if split.get('nb201') else 'not NB201'}'s split)")
+    elif summary.get("dataset") in ("cifar100", "ImageNet16-120", "cifar10-valid") and not summary.get("protocol"):
         lines.append("note: the benchmark's x-test is half of the original test set, picked by NB201's split file; "
                      "without that file our 'test' part is a seeded stratified half (same size, other images)")
     lines.append("")
@@ -196,9 +213,12 @@ def format_reevaluation(summary: Mapping[str, Any]) -> str:
 
 
 def format_reevaluation_markdown(summary: Mapping[str, Any]) -> str:
-    budget = summary.get("budget", {})
+    budget, protocol = summary.get("budget", {}), summary.get("protocol") or {}
     lines = [f"# ahps reevaluate: NB201 on {summary.get('dataset')} (run group {summary.get('run_group')})", ""]
     if budget.get("reduced"):
         lines += [f"> **{budget.get('text')}**", ""]
+    if protocol:
+        lines += [f"> protocol={protocol.get('label')}: {protocol.get('text')}", ""]
+        lines += [f"> - {d['name']}: {d['text']}" for d in protocol.get("deviations", [])] + [""]
     lines += ["```", format_reevaluation(summary), "```"]
     return "\n".join(lines) + "\n"

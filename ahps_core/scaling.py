@@ -29,7 +29,17 @@ nb201      paper         k_p + 1 (ReLUs: one per    literal sum             q_ba
                          conv + the head's)
 graph      reference     k_p + 1 + depth_offset     literal sum             q_base / largest kernel side
 graph      paper         k_p - 1 + depth_offset     literal sum             q_base / largest kernel side
+mlp, cnn   wu            k_p + 2 (stem and readout) literal sum             none
+nb201      wu            weight layers of the whole literal sum             none
+                         macro network (stem, 3N
+                         cells, reductions, head)
+graph      wu            k_p + depth_offset         literal sum             none
 =========  ============  =========================  ======================  ==========================
+
+``wu`` is Wu et al.'s unit (docs/conventions.md §2.7): every weight layer of the whole network, stem and readout
+included (for ``nb201`` over the whole macro network, :func:`ahps_core.nb201_graph.nb201_network_graph`, the graph
+:func:`unit_graph` returns), plus, under ``effective-depth``, the residual additions passed. It is the default of
+``effective-depth`` (:data:`DEFAULT_CONVENTION`); ``reference`` stays the default of ``sum-cubed``.
 
 ``graph`` specs (files, and graphs extracted from PyTorch models) describe the whole network, stem and
 readout included, so ``k_p`` counts every weight layer on the path: the reference unit (Linear layers plus
@@ -48,12 +58,30 @@ from dataclasses import dataclass
 from ahps_core.checks import check_choice, check_int, check_lr
 from ahps_core.errors import ConfigError
 from ahps_core.graph import ArchGraph, Edge, Op
+from ahps_core.nb201_graph import NB201_CELLS_PER_STAGE, nb201_network_graph
 from ahps_core.specs import parse_arch
 from ahps_core.paths import PathStats, effective_depth, path_stats
 
 RULES = ("sum-cubed", "effective-depth")
-CONVENTIONS = ("reference", "paper")
+CONVENTIONS = ("reference", "paper", "wu")
+#: The convention each rule uses when none is named: Chen's rule in the reference code's unit, Wu's in Wu's.
+DEFAULT_CONVENTION = {"sum-cubed": "reference", "effective-depth": "wu"}
 DEGREE_RULES = ("source", "destination", "mean-field")
+#: How the init counts a vertex's in-degree: ``all`` every non-zero input (the reference code), ``live`` only the
+#: inputs the network's input reaches (docs/conventions.md §1.2).
+INDEGREE_MODES = ("all", "live")
+
+
+def default_convention(rule: str) -> str:
+    """The depth convention of ``rule`` when none is given (:data:`DEFAULT_CONVENTION`)."""
+    return DEFAULT_CONVENTION[check_choice("rule", rule, RULES)]
+
+
+def resolve_convention(rule: str, convention: str | None) -> str:
+    """``convention`` checked, or ``rule``'s default when it is None or empty."""
+    if not convention:
+        return default_convention(rule)
+    return check_choice("convention", convention, CONVENTIONS)
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,13 @@ def depth_convention(graph: ArchGraph, convention: str = "reference") -> DepthCo
     check_choice("convention", convention, CONVENTIONS)
     fam = graph.family
     ref = convention == "reference"
+    if convention == "wu":
+        if fam in ("mlp", "cnn"):
+            return DepthConvention(2, False, False)  # the DAG's weight edges + the stem + the readout
+        if fam == "graph":
+            return DepthConvention(graph.depth_offset, False, False)  # the graph already holds every layer
+        if fam == "nb201":
+            raise ConfigError("the wu unit counts the whole NB201 network: take unit_graph(cell, 'wu') first")
     if fam == "mlp":
         return DepthConvention(3 if ref else 1, ref, False)
     if fam == "cnn":
@@ -79,8 +114,18 @@ def depth_convention(graph: ArchGraph, convention: str = "reference") -> DepthCo
     raise ConfigError(f"unknown family {fam!r}")
 
 
-def depth_stats(graph: ArchGraph, convention: str = "reference", *, histogram: bool = False) -> PathStats:
-    """Exact path statistics of ``graph`` under ``convention``."""
+def unit_graph(graph: ArchGraph, convention: str, *, cells_per_stage: int = NB201_CELLS_PER_STAGE) -> ArchGraph:
+    """The graph ``convention`` counts depths on: under ``wu`` an NB201 cell becomes the whole macro network
+    (:func:`ahps_core.nb201_graph.nb201_network_graph`, ``cells_per_stage`` = NB201's N); otherwise ``graph``."""
+    if convention == "wu" and graph.family == "nb201":
+        return nb201_network_graph(graph, cells_per_stage)
+    return graph
+
+
+def depth_stats(graph: ArchGraph, convention: str = "reference", *, histogram: bool = False,
+                cells_per_stage: int = NB201_CELLS_PER_STAGE) -> PathStats:
+    """Exact path statistics of ``graph`` under ``convention`` (on :func:`unit_graph`)."""
+    graph = unit_graph(graph, convention, cells_per_stage=cells_per_stage)
     conv = depth_convention(graph, convention)
     return path_stats(graph, offset=conv.offset, collapse_weightless=conv.collapse_weightless, histogram=histogram)
 
@@ -179,7 +224,10 @@ def sum_cubed_ratio(base_sum_l3: int, target_sum_l3: int) -> float:
 
 
 class Transferer:
-    """Transfers a base LR to many targets; the base network's statistics are computed once."""
+    """Transfers a base LR to many targets; the base network's statistics are computed once.
+
+    ``convention`` None: the rule's default (:data:`DEFAULT_CONVENTION`). ``cells_per_stage``: NB201's N, for the
+    ``wu`` unit, which counts the whole macro network."""
 
     def __init__(
         self,
@@ -187,19 +235,22 @@ class Transferer:
         base_lr: float,
         *,
         rule: str = "sum-cubed",
-        convention: str = "reference",
+        convention: str | None = None,
         base: ArchGraph | None = None,
         kernel_size: int | None = None,
         base_kernel_size: int | None = None,
+        cells_per_stage: int = NB201_CELLS_PER_STAGE,
     ) -> None:
         check_choice("rule", rule, RULES)
-        check_choice("convention", convention, CONVENTIONS)
+        convention = resolve_convention(rule, convention)
         for name, k in (("kernel size", kernel_size), ("base kernel size", base_kernel_size)):
             if k is not None:
                 check_int(name, k, 1)
+        check_int("cells per stage", cells_per_stage, 1)
         self.base_lr = check_lr(base_lr, "base learning rate")
         self.rule = rule
         self.convention = convention
+        self.cells_per_stage = cells_per_stage
         self.kernel_size = kernel_size
         self.base = base if base is not None else default_base(family, base_kernel_size=base_kernel_size)
         # q_base: explicit, else the base's own kernel, else the reference's KERNEL_BASE = 3 for convolutional
@@ -208,15 +259,17 @@ class Transferer:
         self.base_kernel = base_kernel_size or graph_kernel(self.base, base_kernel_size) or (
             3 if family in ("cnn", "nb201") else 1
         )
-        self.base_stats = depth_stats(self.base, convention)
-        bconv = depth_convention(self.base, convention)
-        self.base_eff = effective_depth(self.base, offset=bconv.offset) if rule == "effective-depth" else None
+        base_unit = unit_graph(self.base, convention, cells_per_stage=cells_per_stage)
+        bconv = depth_convention(base_unit, convention)
+        self.base_stats = path_stats(base_unit, offset=bconv.offset, collapse_weightless=bconv.collapse_weightless)
+        self.base_eff = effective_depth(base_unit, offset=bconv.offset) if rule == "effective-depth" else None
         if self.base_eff is not None and self.base_eff <= 0:
             raise ConfigError(f"base network {self.base.spec!r} has effective depth {self.base_eff} <= 0")
 
     def __call__(self, target: ArchGraph) -> Transfer:
-        conv = depth_convention(target, self.convention)
-        stats = path_stats(target, offset=conv.offset, collapse_weightless=conv.collapse_weightless)
+        unit = unit_graph(target, self.convention, cells_per_stage=self.cells_per_stage)
+        conv = depth_convention(unit, self.convention)
+        stats = path_stats(unit, offset=conv.offset, collapse_weightless=conv.collapse_weightless)
         kernel = graph_kernel(target, self.kernel_size) if conv.kernel_factor else None
         base_kernel = self.base_kernel
         if self._conv_default_base_kernel and kernel and kernel > 1:
@@ -226,7 +279,7 @@ class Transferer:
             depth_factor = sum_cubed_ratio(self.base_stats.sum_l3, stats.sum_l3)
             kernel_factor = base_kernel / kernel if kernel else 1.0
         else:
-            eff = effective_depth(target, offset=conv.offset)
+            eff = effective_depth(unit, offset=conv.offset)
             if eff <= 0:
                 raise ConfigError(f"architecture {target.spec!r} has effective depth {eff} <= 0")
             assert self.base_eff is not None  # computed in __init__ for this rule
@@ -277,7 +330,21 @@ class EdgeInit:
         return 2.0 / self.divisor
 
 
-def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
+def in_degrees(graph: ArchGraph, indegree: str = "live") -> tuple[int, ...]:
+    """The in-degree of every vertex as the init counts it (:data:`INDEGREE_MODES`): ``live`` the live
+    signal-carrying inputs (:meth:`ArchGraph.in_degree`), ``all`` every non-zero input, also from vertices the input
+    never reaches (the reference code's count); the input vertex counts 1 under both."""
+    check_choice("indegree", indegree, INDEGREE_MODES)
+    if indegree == "live":
+        return tuple(graph.in_degree(v) for v in range(graph.num_nodes))
+    deg = [0] * graph.num_nodes
+    for e in graph.signal_edges:
+        deg[e.dst] += 1
+    deg[graph.input] = max(deg[graph.input], 1)
+    return tuple(deg)
+
+
+def init_plan(graph: ArchGraph, degree: str = "source", indegree: str = "live") -> tuple[EdgeInit, ...]:
     """The variance plan of every weight edge of ``graph``.
 
     ``source`` (default; eq. 4 of Chen et al. and the reference code): divide by the in-degree of the edge's
@@ -292,13 +359,17 @@ def init_plan(graph: ArchGraph, degree: str = "source") -> tuple[EdgeInit, ...]:
     ``Var = 2 / (fan_in d (1 + (d - 1) / pi))``, keeps every vertex of a skip-free DAG at the stem's second
     moment (exactly, at large width). With skip edges no weight-variance rule can: a skip passes its source's
     value unchanged, so a vertex that adds anything to it holds more.
+
+    ``indegree`` (:func:`in_degrees`): ``live`` (default) or ``all`` (every non-zero input, the reference code's).
+    Every weight edge is planned, also those off every input->output path (built by NB201's ``cell=full``).
     """
     check_choice("degree rule", degree, DEGREE_RULES)
+    degrees = in_degrees(graph, indegree)
     plan = []
     for i, e in enumerate(graph.edges):
         if e.op is not Op.WEIGHT:
             continue
-        d = max(graph.in_degree(e.src if degree == "source" else e.dst), 1)
+        d = max(degrees[e.src if degree == "source" else e.dst], 1)
         divisor = d * (1 + (d - 1) / math.pi) if degree == "mean-field" else float(d)
         plan.append(EdgeInit(i, e, d, divisor))
     return tuple(plan)

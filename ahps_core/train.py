@@ -74,7 +74,8 @@ from ahps_core.runtime import (
     resolve_device,
     want_progress,
 )
-from ahps_core.scaling import DEGREE_RULES
+from ahps_core.models.nb201 import CELL_MODES
+from ahps_core.scaling import DEGREE_RULES, INDEGREE_MODES
 
 if TYPE_CHECKING:
     from ahps_core.data import DatasetSplit
@@ -86,6 +87,9 @@ FAMILIES = ("mlp", "cnn", "nb201")
 
 #: Fields that do not change what a run computes (excluded from the configuration hash).
 _HASH_EXCLUDED = frozenset({"checkpoint_dir", "data_root", "divergence_check_every"})
+#: Fields added after runs were recorded: hashed only when set away from this default, so the configurations
+#: recorded before them keep their hash (and their finished runs are reused).
+_HASHED_UNLESS_DEFAULT = {"cell": "pruned", "indegree": "live"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ class TrainConfig:
     """Everything that defines one training run (see the module docstring for the semantics).
 
     ``arch`` is any spec :func:`ahps_core.specs.parse_arch` accepts for ``family``. ``width`` applies to
-    mlp/cnn (None: the model's default), ``C``/``N`` to nb201. ``augment`` None: the dataset's augmentation
+    mlp/cnn (None: the model's default), ``C``/``N``/``cell`` to nb201 (``cell``: ``full`` NB201's exact cell or
+    ``pruned``, :mod:`ahps_core.models.nb201`); ``indegree`` is how the arch-aware init counts in-degrees (``live``
+    or ``all``, :func:`ahps_core.scaling.in_degrees`). ``augment`` None: the dataset's augmentation
     (crop+flip for CIFAR/ImageNet16, none for digits). ``max_steps_per_epoch`` truncates every epoch (the
     paper's truncated LR probe). ``eval_every`` 0 never evaluates; otherwise every that many epochs and at the
     last epoch.
@@ -113,10 +119,12 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     init: str = "arch-aware"
     degree: str = "source"
+    indegree: str = "live"
     seed: int = 0
     width: int | None = None
     C: int = 16
     N: int = 5
+    cell: str = "pruned"
     kernel_size: int | None = None
     augment: bool | None = None
     drop_last: bool = False
@@ -137,6 +145,11 @@ class TrainConfig:
         check_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
         check_choice("init", self.init, INITS)
         check_choice("degree", self.degree, DEGREES)
+        check_choice("indegree", self.indegree, INDEGREE_MODES)
+        check_choice("cell", self.cell, CELL_MODES)
+        if self.cell != "pruned" and self.family != "nb201":
+            raise ConfigError(f"cell {self.cell!r} applies to nb201 only (family {self.family!r} builds its "
+                              "DAG's input->output paths: cell 'pruned')")
         check_lr(self.lr)
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
@@ -181,7 +194,8 @@ class TrainConfig:
 
     def hash(self, extra: Mapping[str, Any] | None = None) -> str:
         """A short hash of the fields that change what the run computes (plus ``extra``)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in _HASH_EXCLUDED}
+        payload = {k: v for k, v in self.to_dict().items()
+                   if k not in _HASH_EXCLUDED and (k not in _HASHED_UNLESS_DEFAULT or v != _HASHED_UNLESS_DEFAULT[k])}
         if extra:
             payload["_extra"] = dict(extra)
         return stable_hash(payload)
@@ -278,7 +292,7 @@ def build_config_model(config: TrainConfig, data: DatasetSplit) -> nn.Module:
         graph, num_classes=data.num_classes, in_shape=input_shape(data),
         width=config.width if config.family != "nb201" else None, C=config.C, N=config.N, init=config.init,
         degree=config.degree, kernel_size=config.kernel_size if config.family == "cnn" else None,
-        generator=generator,
+        generator=generator, cell=config.cell, indegree=config.indegree,
     )
 
 
@@ -341,6 +355,8 @@ def train(
     num_params = sum(p.numel() for p in model.parameters())
 
     extra: dict[str, Any] = {"data": data.name, "train_images": len(data.train)}
+    if data.metadata.get("split_md5"):  # an NB201 split file: another file is another run
+        extra["split_md5"] = data.metadata["split_md5"]
     if custom_model:
         extra["model"] = model_signature(model)
     config_hash = config.hash(extra)

@@ -42,7 +42,6 @@ MEASUREMENTS_NAME = "measurements.jsonl"
 REPORT_NAME = "validate.json"
 PLOT_NAME = "pred_vs_measured.png"
 DEFAULT_RULES = ("sum-cubed",)
-DEFAULT_CONVENTIONS = ("reference",)
 
 
 # --- targets -------------------------------------------------------------------------------------------------
@@ -172,8 +171,9 @@ def validate(
     targets: Sequence[str],
     *,
     rules: Sequence[str] = DEFAULT_RULES,
-    conventions: Sequence[str] = DEFAULT_CONVENTIONS,
+    conventions: Sequence[str] | None = None,
     data_root: str | None = None,
+    split_file: str | None = None,
     data: DatasetSplit | None = None,
     grid: Sequence[float] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
@@ -194,6 +194,10 @@ def validate(
 ) -> dict[str, Any]:
     """Measure every target's maximal LR, transfer the proxy's, and compare (module docstring).
 
+    ``conventions`` None: each rule's default (:data:`ahps_core.scaling.DEFAULT_CONVENTION`: ``reference`` for
+    ``sum-cubed``, Wu's unit ``wu`` for ``effective-depth``); given, every rule is compared under each of them.
+    ``split_file``: NB201's split file of ``dataset``, when ``data`` is not given.
+
     Returns the report dict: ``pearson_log``, ``slope``, ``intercept`` and ``points`` of the first rule and
     convention, ``comparisons`` (one entry per rule x convention with the same fields), ``base`` (the proxy's
     search), ``measurements``, ``skipped`` (``{arch, reason}``), ``plot`` (PNG path or None), ``seconds``.
@@ -203,13 +207,14 @@ def validate(
     from ahps_core.models import proxy_graph
     from ahps_core.presets import default_budget, default_width
     from ahps_core.runtime import want_progress
-    from ahps_core.scaling import CONVENTIONS, RULES, Transferer
+    from ahps_core.scaling import CONVENTIONS, RULES, Transferer, default_convention
     from ahps_core.specs import parse_arch
 
     started = time.perf_counter()
     ls.check_family(family)
     rules = check_choices("rule", rules, RULES)
-    conventions = check_choices("convention", conventions, CONVENTIONS)
+    pairs = ([(rule, default_convention(rule)) for rule in rules] if conventions is None else
+             [(rule, conv) for rule in rules for conv in check_choices("convention", conventions, CONVENTIONS)])
     if not targets:
         raise ConfigError("no target architectures to validate")
     grid = ls.check_grid(ls.default_grid() if grid is None else grid)
@@ -218,8 +223,8 @@ def validate(
     if data is None:
         from ahps_core.data import load_dataset
 
-        data = load_dataset(dataset, data_root)
-    budget = budget or default_budget(dataset)
+        data = load_dataset(dataset, data_root, split_file=split_file)
+    budget = budget or default_budget(dataset, family)
     width = width if width is not None else default_width(family, dataset)
     out = Path(out_dir) if out_dir is not None else None
     jsonl = out / MEASUREMENTS_NAME if out is not None else None
@@ -287,25 +292,24 @@ def validate(
 
     base_lr = float(base["lr"])
     comparisons = []
-    for rule in rules:
-        for convention in conventions:
-            transfer = Transferer(family, base_lr, rule=rule, convention=convention, base=base_graph,
-                                  kernel_size=kernel_size, base_kernel_size=kernel_size)
-            points, skipped = [], []
-            for rec in measurements:
-                if rec.get("status") != "ok":
-                    continue
-                try:
-                    t = transfer(parse_arch(rec["arch"], family, kernel_size=kernel_size))
-                except AhpsError as exc:
-                    skipped.append({"arch": rec["arch"], "reason": str(exc)})
-                    continue
-                points.append({
-                    "arch": rec["arch"], "measured_lr": float(rec["lr"]), "predicted_lr": t.lr, "ratio": t.ratio,
-                    "sum_l3": t.target.sum_l3, "effective_depth": t.effective_depth, "at_edge": rec.get("at_edge"),
-                })
-            fit = fit_log([p["predicted_lr"] for p in points], [p["measured_lr"] for p in points])
-            comparisons.append({"rule": rule, "convention": convention, **fit, "points": points, "skipped": skipped})
+    for rule, convention in pairs:
+        transfer = Transferer(family, base_lr, rule=rule, convention=convention, base=base_graph,
+                              kernel_size=kernel_size, base_kernel_size=kernel_size, cells_per_stage=N)
+        points, skipped = [], []
+        for rec in measurements:
+            if rec.get("status") != "ok":
+                continue
+            try:
+                t = transfer(parse_arch(rec["arch"], family, kernel_size=kernel_size))
+            except AhpsError as exc:
+                skipped.append({"arch": rec["arch"], "reason": str(exc)})
+                continue
+            points.append({
+                "arch": rec["arch"], "measured_lr": float(rec["lr"]), "predicted_lr": t.lr, "ratio": t.ratio,
+                "sum_l3": t.target.sum_l3, "effective_depth": t.effective_depth, "at_edge": rec.get("at_edge"),
+            })
+        fit = fit_log([p["predicted_lr"] for p in points], [p["measured_lr"] for p in points])
+        comparisons.append({"rule": rule, "convention": convention, **fit, "points": points, "skipped": skipped})
 
     head = comparisons[0]
     report: dict[str, Any] = {

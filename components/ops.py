@@ -42,6 +42,7 @@ def find_base_lr(
     run_group: str,
     job_id: str,
     s3_endpoint: str,
+    split_file: str,
     search: Output[Artifact],
 ) -> NamedTuple("Outputs", [("base_lr", float), ("run_group", str)]):
     """Opens the run group (its MLflow parent run), then the base LR on the family's one-hidden-layer proxy (or the
@@ -58,7 +59,7 @@ def find_base_lr(
         rule=rule, convention=convention, base_lr=base_lr, fixed_lr=fixed_lr, lr_grid=lr_grid, lr_seeds=lr_seeds,
         train_recipe=train_recipe, batch_size=batch_size, width=width, tracking_uri=tracking_uri,
         experiment=mlflow_experiment, run_group=run_group, job_id=job_id, s3_endpoint=s3_endpoint,
-        out_dir=search.path,
+        out_dir=search.path, split_file=split_file,
     )
     set_metadata(search, result, ("base_lr", "source", "run_group"))
     return collections.namedtuple("Outputs", ["base_lr", "run_group"])(float(result["base_lr"]), result["run_group"])
@@ -108,6 +109,7 @@ def train(
     mlflow_experiment: str,
     checkpoint_root: str,
     s3_endpoint: str,
+    split_file: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> dict:
@@ -122,7 +124,7 @@ def train(
         batch_size=batch_size, width=width, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
-        model_dir=model.path,
+        model_dir=model.path, split_file=split_file,
     )
     set_metadata(model, summary, ("arch", "arm", "seed", "lr", "status", "mlflow_run_id", "reused"))
     log_metrics(metrics, summary, ("eval_acc", "train_loss", "lr"))
@@ -191,6 +193,10 @@ def sample_cells(
     run_group: str,
     job_id: str,
     s3_endpoint: str,
+    split_file: str,
+    amp: str,
+    cell: str,
+    indegree: str,
     cells: Output[Artifact],
 ) -> NamedTuple("Outputs", [("run_group", str), ("n_cells", int)]):
     """Samples NB201 cells from the benchmark records (with their recorded accuracies); opens the run group."""
@@ -206,10 +212,12 @@ def sample_cells(
         lr_grid=lr_grid, lr_seeds=lr_seeds, rule=rule, convention=convention, epochs=epochs, seeds=seeds, C=C, N=N,
         batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, topk=topk, n_boot=n_boot,
         select_by=select_by, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
-        job_id=job_id, s3_endpoint=s3_endpoint, out_dir=cells.path,
+        job_id=job_id, s3_endpoint=s3_endpoint, out_dir=cells.path, split_file=split_file, amp=amp, cell=cell,
+        indegree=indegree,
     )
     cells.metadata.update({"n_cells": len(data["cells"]), "run_group": data["run_group"],
-                           "budget": data["budget"]["label"]})
+                           "budget": data["budget"]["label"], "protocol": data["protocol"]["label"],
+                           "protocol_deviations": ",".join(data["protocol"]["names"]) or "none"})
     return collections.namedtuple("Outputs", ["run_group", "n_cells"])(data["run_group"], len(data["cells"]))
 
 
@@ -226,6 +234,7 @@ def reeval_base_lr(
     mlflow_experiment: str,
     run_group: str,
     s3_endpoint: str,
+    split_file: str,
     search: Output[Artifact],
 ) -> NamedTuple("Outputs", [("base_lr", float)]):
     """The base LR: given (NB201 reference: 0.46), or found on the nb201 proxy (``base_lr`` 0)."""
@@ -239,7 +248,7 @@ def reeval_base_lr(
     result = reeval_base_lr_step(
         dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr, lr_grid=lr_grid,
         lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
-        s3_endpoint=s3_endpoint, out_dir=search.path,
+        s3_endpoint=s3_endpoint, out_dir=search.path, split_file=split_file,
     )
     set_metadata(search, result, ("base_lr", "source", "run_group"))
     return collections.namedtuple("Outputs", ["base_lr"])(float(result["base_lr"]))
@@ -251,6 +260,7 @@ def reeval_plan(
     base_lr: float,
     rule: str,
     convention: str,
+    N: int,
     tracking_uri: str,
     mlflow_experiment: str,
     run_group: str,
@@ -265,7 +275,7 @@ def reeval_plan(
     items = reeval_plan_step(
         sample=read_json(cells.path, SAMPLE_FILE), seeds=list(seeds), base_lr=base_lr, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
-        out_dir=plan.path,
+        out_dir=plan.path, N=N,
     )
     plan.metadata.update({"trainings": len(items), "base_lr": base_lr})
     return items
@@ -288,6 +298,10 @@ def reeval_train(
     mlflow_experiment: str,
     checkpoint_root: str,
     s3_endpoint: str,
+    split_file: str,
+    amp: str,
+    cell: str,
+    indegree: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> dict:
@@ -301,7 +315,8 @@ def reeval_train(
         item=item, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
         batch_size=batch_size, C=C, N=N, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
-        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path,
+        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path, split_file=split_file,
+        amp=amp, cell=cell, indegree=indegree,
     )
     set_metadata(model, summary, ("arch", "arch_code", "benchmark_index", "seed", "lr", "status", "mlflow_run_id",
                                   "reused"))

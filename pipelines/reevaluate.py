@@ -21,12 +21,15 @@ Steps (components, see :mod:`components.ops`; logic in :mod:`ahps_core.steps.ree
 5. ``rank``: the ranking run (``tau_top<K>``, ``spearman_top<K>``, ``noise_tau_top<K>``, delta with CI, gaps,
    the ranking report JSON and the plots) and the summary ``ahps run`` prints.
 
-**Defaults.** Unlike ``transfer``, the :data:`PARAMS` defaults are the *cluster's*: NB201's network and budget
-(C=16, N=5, 200 epochs), so a compiled/scheduled pipeline re-evaluates for real. ``ahps run reevaluate``
-replaces them by its local defaults (:mod:`ahps.orchestration.local`): the fixture's 3 cells, a tiny generated
-dataset in the real CIFAR / ImageNet16 formats written under the output directory, C=4, N=1, 2 epochs. Anything
-other than NB201's network
-and budget, or generated data, is marked as a reduced budget -- in the parent and child runs' tags (``budget``),
+**Defaults.** Unlike ``transfer``, the :data:`PARAMS` defaults are the *cluster's*, and they are NAS-Bench-201's
+protocol (:func:`ahps_core.protocol.nb201_protocol`, :data:`PROTOCOL`): seeds 777/888/999, fp32, NB201's network
+and budget (C=16, N=5, 200 epochs, batch 256), the unpruned cell, the reference's in-degrees; NB201's split file of
+the dataset is the ``split_file`` parameter (its location is yours). So a compiled/scheduled pipeline re-evaluates
+for real. ``ahps run reevaluate`` replaces them by its local defaults (:mod:`ahps.orchestration.local`): the
+fixture's 3 cells, a tiny generated dataset in the real CIFAR / ImageNet16 formats written under the output
+directory, C=4, N=1, 2 epochs, one seed. Every deviation from the protocol (:func:`ahps_core.protocol.
+protocol_status`: budget, split, seeds, amp, cell, indegree) is named -- in every run's tags (``protocol`` =
+``nb201`` only with none, else ``deviated``, and ``protocol_deviations``; the reduced budget also as ``budget``),
 the parent run's description and params, and the printed summary -- so a smoke run is never mistaken for a
 re-evaluation.
 
@@ -37,6 +40,7 @@ retried on preemption; every step reads the S3/MLflow credentials from the named
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
 """
 
+from ahps_core.protocol import nb201_protocol
 from pipelines import Param
 from pipelines.cluster import TaskSettings, cluster_params, pipeline_context
 
@@ -47,15 +51,22 @@ DESCRIPTION = ("Re-evaluate NAS-Bench-201: sampled cells trained with the NB201 
                "floor, accuracy delta), tracked in MLflow.")
 
 DEFAULT_TOPK = [100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 1]
+#: The protocol the defaults are (of the default dataset; the protocol of every dataset has the same values).
+PROTOCOL = nb201_protocol("cifar10")
+P = PROTOCOL.pipeline_params()
 
 PARAMS: dict[str, Param] = {
     "family": Param("nb201", "architecture family: nb201 only (the benchmark's cells; nas-bench-201 accepted)"),
     "benchmark": Param("", "benchmark records: a NATS-Bench topology '*-simple' directory or an NB201 .pth file, a "
                            "path or s3://bucket/key; 'fixture': the 3-architecture NATS-Bench fixture shipped with "
                            "ahps (smoke tests; ahps run's default)"),
-    "dataset": Param("cifar10", "cifar10, cifar10-valid, cifar100 or ImageNet16-120"),
+    "dataset": Param(P["dataset"], "cifar10, cifar10-valid, cifar100 or ImageNet16-120"),
     "data_source": Param("", "where the dataset files are: a directory or s3://bucket/prefix (ahps run: a tiny "
                              "generated dataset in the real formats)"),
+    "split_file": Param("", "NB201's split file of the dataset, a path or s3://bucket/key (cifar10-valid: "
+                            "cifar-split.txt, cifar100: cifar100-test-split.txt, ImageNet16-120: "
+                            "imagenet-16-120-test-split.txt; cifar10 has none); empty: a seeded half, the deviation "
+                            "'split'"),
     "checksums_file": Param("", "JSON {file: md5} for dataset files without a known checksum (custom or generated "
                                 "data; a local path); empty: the real datasets' known md5s"),
     "sample_size": Param(100, "cells sampled from the records (ahps run: 3)"),
@@ -66,13 +77,20 @@ PARAMS: dict[str, Param] = {
     "lr_grid": Param([], "LR grid of the base-LR search (base_lr 0); empty: 25 log-spaced points"),
     "lr_seeds": Param(3, "seeds of the base-LR search (base_lr 0)"),
     "rule": Param("sum-cubed", "transfer rule: sum-cubed (Chen et al.) or effective-depth (Wu et al.)"),
-    "convention": Param("reference", "depth convention: reference (released code) or paper"),
-    "epochs": Param(200, "training epochs per cell (NB201: 200; ahps run: 2)"),
-    "seeds": Param([777], "training seeds per cell (NB201 used 777, 888, 999)"),
-    "C": Param(16, "channels of the first stage of the macro network (NB201: 16; ahps run: 4)"),
-    "N": Param(5, "cells per stage (NB201: 5; ahps run: 1)"),
-    "batch_size": Param(0, "training batch size; 0: NB201's 256 (ahps run: 64)"),
-    "max_steps_per_epoch": Param(0, "truncate every training epoch to this many steps; 0: full epochs"),
+    "convention": Param("reference", "depth convention: reference (released code), paper, or wu (Wu et al.'s unit: "
+                                     "every weight layer of the whole network; give it with rule=effective-depth)"),
+    "epochs": Param(P["epochs"], "training epochs per cell (NB201: 200; ahps run: 2)"),
+    "seeds": Param(P["seeds"], "training seeds per cell (NB201: 777, 888, 999; ahps run: 777)"),
+    "C": Param(P["C"], "channels of the first stage of the macro network (NB201: 16; ahps run: 4)"),
+    "N": Param(P["N"], "cells per stage (NB201: 5; ahps run: 1)"),
+    "batch_size": Param(P["batch_size"], "training batch size (NB201: 256; 0: the recipe's 256; ahps run: 64)"),
+    "max_steps_per_epoch": Param(P["max_steps_per_epoch"], "truncate every training epoch to this many steps; 0: "
+                                                           "full epochs (NB201)"),
+    "amp": Param(P["amp"], "mixed precision of the trainings: off (fp32, NB201's), bf16, or auto (bf16 on CUDA)"),
+    "cell": Param(P["cell"], "full: NB201's exact cell, every op built (NB201's); pruned: only the ops on "
+                             "input->output paths"),
+    "indegree": Param(P["indegree"], "in-degrees of the arch-aware init: all non-zero inputs (the reference's) or "
+                                     "live inputs only"),
     "topk": Param(DEFAULT_TOPK, "top-K% sets of the ranking comparison (K in (0, 100])"),
     "n_boot": Param(1000, "bootstrap resamples of the confidence intervals (0: none)"),
     "select_by": Param("benchmark", "which accuracy picks the top-K% sets: benchmark or new"),
@@ -97,6 +115,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         benchmark: str = D["benchmark"],
         dataset: str = D["dataset"],
         data_source: str = D["data_source"],
+        split_file: str = D["split_file"],
         checksums_file: str = D["checksums_file"],
         sample_size: int = D["sample_size"],
         sample_seed: int = D["sample_seed"],
@@ -113,6 +132,9 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         N: int = D["N"],
         batch_size: int = D["batch_size"],
         max_steps_per_epoch: int = D["max_steps_per_epoch"],
+        amp: str = D["amp"],
+        cell: str = D["cell"],
+        indegree: str = D["indegree"],
         topk: list = D["topk"],
         n_boot: int = D["n_boot"],
         select_by: str = D["select_by"],
@@ -134,7 +156,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
             epochs=epochs, seeds=seeds, C=C, N=N, batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch,
             topk=topk, n_boot=n_boot, select_by=select_by, tracking_uri=tracking_uri,
             mlflow_experiment=mlflow_experiment, run_group=run_group, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            s3_endpoint=s3_endpoint,
+            s3_endpoint=s3_endpoint, split_file=split_file, amp=amp, cell=cell, indegree=indegree,
         )
         settings.cache(with_secrets(sampled, s3_secret, mlflow_secret))  # the benchmark is cached like data
         group = sampled.outputs["run_group"]
@@ -142,13 +164,14 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         lr = c.reeval_base_lr(
             dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr,
             lr_grid=lr_grid, lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri,
-            mlflow_experiment=mlflow_experiment, run_group=group, s3_endpoint=s3_endpoint,
+            mlflow_experiment=mlflow_experiment, run_group=group, s3_endpoint=s3_endpoint, split_file=split_file,
         )
         training_task(with_secrets(lr, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
 
         plan = c.reeval_plan(
             cells=sampled.outputs["cells"], seeds=seeds, base_lr=lr.outputs["base_lr"], rule=rule,
-            convention=convention, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment, run_group=group,
+            convention=convention, N=N, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
+            run_group=group,
         )
         with_secrets(plan, s3_secret, mlflow_secret)
 
@@ -159,7 +182,8 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
                 item=item, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
                 batch_size=batch_size, C=C, N=N, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
                 convention=convention, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
-                checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
+                checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, split_file=split_file, amp=amp, cell=cell,
+                indegree=indegree,
             )
             training_task(with_secrets(trained, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
 

@@ -36,13 +36,18 @@ PARAMS: dict[str, Param] = {
     "family": Param("mlp", "architecture family: mlp, cnn or nb201"),
     "dataset": Param("digits", "digits (scikit-learn, no download), cifar10, cifar10-valid, cifar100, ImageNet16-120"),
     "data_source": Param("", "where the dataset files are: a directory or s3://bucket/prefix (empty for digits)"),
+    "split_file": Param("", "NB201's split file of the dataset (cifar10-valid: cifar-split.txt, cifar100: "
+                            "cifar100-test-split.txt, ImageNet16-120: imagenet-16-120-test-split.txt), a path or "
+                            "s3://bucket/key; empty: a seeded half of the set (not NB201's)"),
     "targets": Param(DEFAULT_TARGETS, "target architectures (specs of the family), e.g. [\"2_02\",\"2_22\"]"),
     "seeds": Param([0], "training seeds of every target and recipe"),
     "epochs": Param(20, "training epochs of every target"),
     "rule": Param("sum-cubed", "transfer rule: sum-cubed (Chen et al.) or effective-depth (Wu et al.)"),
-    "convention": Param("reference", "depth convention: reference or paper"),
+    "convention": Param("reference", "depth convention: reference (released code), paper, or wu (Wu et al.'s unit: "
+                                     "every weight layer of the whole network; give it with rule=effective-depth)"),
     "base_lr": Param(0.0, "base LR of the proxy; 0: find it by the LR search"),
-    "fixed_lr": Param(0.0, "LR of the fixed recipe (every architecture); 0: the base LR"),
+    "fixed_lr": Param(0.0, "LR of the fixed recipe (every architecture); 0: the family's fixed arm (nb201: "
+                           "NB201's 0.1; mlp/cnn: the base LR), always with PyTorch's default init"),
     "lr_grid": Param([], "LR grid of the base-LR search; empty: 25 log-spaced points in [10^-2.5, 10^0.5]"),
     "lr_seeds": Param(3, "seeds of the base-LR search (the protocol uses >= 3)"),
     "train_recipe": Param("", "training preset (ahps_core.presets.PRESETS: nb201, reference, probe); empty: the "
@@ -71,6 +76,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         family: str = D["family"],
         dataset: str = D["dataset"],
         data_source: str = D["data_source"],
+        split_file: str = D["split_file"],
         targets: list = D["targets"],
         seeds: list = D["seeds"],
         epochs: int = D["epochs"],
@@ -100,7 +106,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
             rule=rule, convention=convention, base_lr=base_lr, fixed_lr=fixed_lr, lr_grid=lr_grid,
             lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size, width=width,
             tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment, run_group=run_group,
-            job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, s3_endpoint=s3_endpoint,
+            job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, s3_endpoint=s3_endpoint, split_file=split_file,
         )
         training_task(with_secrets(search, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
         group = search.outputs["run_group"]
@@ -120,7 +126,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
                 train_recipe=train_recipe, batch_size=batch_size, width=width,
                 max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule, convention=convention,
                 tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
-                checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
+                checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, split_file=split_file,
             )
             training_task(with_secrets(trained, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
 

@@ -42,6 +42,15 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
      "base learning rate -0.5"),
     (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0.1", "--recipe", "adam"],
      "unknown recipe 'adam'"),
+    # the split file reaches the loader (digits has none)
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0.1", "--split-file", "s.txt"],
+     "dataset digits has no NB201 split file; split_file must not be given"),
+    (["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,2", "--split-file", "s.txt"],
+     "dataset digits has no NB201 split file; split_file must not be given"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0.1", "--cell", "full"],
+     "cell 'full' applies to nb201 only"),
+    (["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--lr", "0.1", "--indegree", "some"],
+     "unknown indegree 'some': accepted are all, live"),
 ])
 def test_bad_input_is_one_clear_line(capsys, args, message):
     code, out, err = run(capsys, *args)
@@ -98,6 +107,22 @@ def test_train_json_autoscaled_and_resume(capsys, tmp_path):
     assert rec["config"]["momentum"] == 0.9 and rec["config"]["nesterov"] is True  # the nb201 recipe
     code, out, _ = run(capsys, *args)
     assert code == 0 and json.loads(out)["history"] == rec["history"]
+
+
+def test_train_with_a_fixed_lr_is_the_fixed_recipe(capsys):
+    """``--lr X`` is the fixed recipe: PyTorch's default init (the family's fixed arm) unless --init says
+    otherwise; ``--base-lr`` autoscales with the arch-aware init. The nb201 recipe trains in fp32 unless asked."""
+    common = ["train", "--family", "mlp", "--arch", "2", "--dataset", "digits", "--epochs", "1", "--max-steps", "2",
+              "--width", "8", "--device", "cpu", "--json"]
+    for extra, init in ((["--lr", "0.1"], "default"), (["--lr", "0.1", "--init", "arch-aware"], "arch-aware"),
+                        (["--base-lr", "0.1"], "arch-aware")):
+        code, out, _ = run(capsys, *common, *extra)
+        assert code == 0
+        rec = json.loads(out)
+        assert rec["config"]["init"] == init, extra
+        assert (rec["config"]["amp"], rec["amp"]) == ("off", "off")  # --recipe nb201 (the default): fp32
+    code, out, _ = run(capsys, *common, "--lr", "0.1", "--amp", "bf16")
+    assert code == 0 and json.loads(out)["config"]["amp"] == "bf16"
 
 
 def test_train_table(capsys):

@@ -62,6 +62,19 @@ def test_dag_and_parallel_for(compiled):
     assert inputs["targets"]["parameterType"] == "LIST" and inputs["gpu_node_selector"]["parameterType"] == "STRUCT"
 
 
+def test_the_split_file_parameter_reaches_the_data_loading_tasks(compiled):
+    """``split_file`` (NB201's split file) is a pipeline parameter passed to both tasks that load data: the base-LR
+    search and every training of the loop (which hands it to the loader, tests/test_protocol.py)."""
+    _, (spec, _), _ = compiled
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["split_file"]["defaultValue"] == "" and inputs["split_file"]["parameterType"] == "STRING"
+    search = spec["root"]["dag"]["tasks"]["find-base-lr"]["inputs"]["parameters"]["split_file"]
+    assert search == {"componentInputParameter": "split_file"}
+    train = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["split_file"]
+    assert train == {"componentInputParameter": "pipelinechannel--split_file"}
+    assert inputs["fixed_lr"]["defaultValue"] == 0.0  # 0: the family's fixed arm (ahps_core.protocol.FIXED_ARMS)
+
+
 def test_gpu_requests_and_retries(compiled):
     _, (spec, _), _ = compiled
     executors = spec["deploymentSpec"]["executors"]

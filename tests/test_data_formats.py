@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ahps_core.data import DATASETS, KNOWN_MD5, load_dataset, write_cifar_like, write_imagenet16_like
-from ahps_core.data.checksums import expected_md5, md5_bytes, read_verified
+from ahps_core.data.checksums import expected_md5, md5_bytes, md5_file, read_verified
 from ahps_core.data.datasets import read_split_file, stratified_halves
 from ahps_core.data.safe_pickle import safe_loads
 from ahps_core.data.synthetic import py2_pickle
@@ -308,9 +308,13 @@ def test_nb201_split_file_is_used_when_given(cifar10: tuple[Path, dict[str, str]
     split.write_text(
         json.dumps({"train": ["int", [str(i) for i in train_idx]], "valid": ["int", [str(i) for i in valid_idx]]})
     )
-    data = load_dataset("cifar10-valid", root, checksums=md5s, split_file=split)
+    with pytest.raises(DataError, match="has no known md5 and is not NB201's cifar10-valid split"):
+        load_dataset("cifar10-valid", root, checksums=md5s, split_file=split)  # neither its md5 nor NB201's
+    data = load_dataset("cifar10-valid", root, checksums={**md5s, "cifar-split.txt": md5_file(split)},
+                        split_file=split)
     full = load_dataset("cifar10", root, checksums=md5s)
     assert data.metadata["split"] == f"file: {split}"
+    assert data.metadata["split_verified"] == "md5" and data.metadata["split_nb201"] is False
     assert torch.equal(data.parts["valid"].images, full.train.images[valid_idx])
     assert torch.equal(data.train.labels, full.train.labels[train_idx])
 

@@ -19,7 +19,7 @@ from ahps_core.scaling import Transferer, depth_stats
 
 torch.set_num_threads(1)
 
-CONVENTIONS = ("reference", "paper")
+CONVENTIONS = ("reference", "paper", "wu")
 
 
 def _codes(count: int, nodes: int, seed: int) -> list[str]:
@@ -105,11 +105,29 @@ def _nb201_expected(cell_code: str, N: int) -> dict[int, int]:
 def test_nb201_network_extracts_to_the_composed_path_counts(cell_code):
     model = build_model(parse_arch(cell_code, "nb201"), num_classes=10, in_shape=(3, 8, 8), C=4, N=2)
     hist = _nb201_expected(cell_code, N=2)
-    for conv, offset in (("reference", 1), ("paper", -1)):  # graph family: L = k + 1 / k - 1
+    for conv, offset in (("reference", 1), ("paper", -1), ("wu", 0)):  # graph family: L = k + 1 / k - 1 / k
         stats = depth_stats(extract_graph(model), conv)
         assert stats.num_paths == sum(hist.values())
         assert stats.sum_l3 == sum(n * (k + offset) ** 3 for k, n in hist.items())
         assert (stats.min_depth, stats.max_depth) == (min(hist) + offset, max(hist) + offset)
+
+
+@pytest.mark.parametrize("cell_code", ["3_33_133", "1_01_001", "4_44_444", "2_02_002", "0_11_111", "3_34_140",
+                                       "3_03_101", "2_34_111", "1_11_111", "0_42_102"])
+def test_wu_unit_of_an_nb201_cell_is_its_extracted_network(cell_code):
+    """Wu's unit counts an NB201 cell over the macro network composed without torch
+    (:func:`ahps_core.nb201_graph.nb201_network_graph`); that is the graph fx extracts from the built network: the
+    same paths and depths, the same additions (effective depth), for N = 2 cells per stage."""
+    from ahps_core.nb201_graph import nb201_network_graph
+    from ahps_core.paths import effective_depth
+
+    cell = parse_arch(cell_code, "nb201")
+    extracted = extract_graph(build_model(cell, num_classes=10, in_shape=(3, 8, 8), C=4, N=2))
+    composed = nb201_network_graph(cell, 2)
+    assert depth_stats(composed, "wu") == depth_stats(extracted, "wu") == depth_stats(cell, "wu", cells_per_stage=2)
+    assert effective_depth(composed) == effective_depth(extracted)
+    t = Transferer("nb201", 0.46, rule="effective-depth", cells_per_stage=2)(cell)
+    assert t.effective_depth == Transferer("graph", 0.46, rule="effective-depth")(extracted).effective_depth
 
 
 def test_full_nb201_network_extracts_fast():

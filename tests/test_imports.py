@@ -21,7 +21,8 @@ SCIENCE = [
     "ahps_core.graph", "ahps_core.specs", "ahps_core.paths", "ahps_core.scaling", "ahps_core.models",
     "ahps_core.models.fx", "ahps_core.init", "ahps_core.data", "ahps_core.runtime", "ahps_core.checkpoint",
     "ahps_core.presets", "ahps_core.train", "ahps_core.probe", "ahps_core.lr_search", "ahps_core.validate",
-    "ahps_core.benchmarks", "ahps_core.sampling", "ahps_core.ranking", "ahps_core.plots",
+    "ahps_core.benchmarks", "ahps_core.sampling", "ahps_core.ranking", "ahps_core.plots", "ahps_core.protocol",
+    "ahps_core.nb201_graph", "ahps_core.data.splits",
     # plain-Python steps and reports: they reach MLflow only through ahps_core.tracking, when a step runs
     "ahps_core.steps.common", "ahps_core.steps.base_lr", "ahps_core.steps.training", "ahps_core.steps.transfer",
     "ahps_core.steps.reevaluate", "ahps_core.steps.params", "ahps_core.reports",
@@ -100,4 +101,8 @@ def test_ahps_lr_and_paths_do_not_import_torch(tmp_path):
     paths = _run("", tmp_path, "paths", "2_12_002_0012", "--family", "mlp", "--json")
     assert paths.returncode == 0, paths.stderr
     assert '"sum_l3": 620' in paths.stdout
+    wu = _run("", tmp_path, "lr", "3_33_333", "--family", "nb201", "--base-lr", "0.46", "--rule", "effective-depth",
+              "--json")  # Wu's unit: the whole macro network, composed without torch
+    assert wu.returncode == 0, wu.stderr
+    assert '"convention": "wu"' in wu.stdout and '"effective_depth": 36' in wu.stdout
     assert not marker.exists(), "ahps lr / ahps paths imported torch"

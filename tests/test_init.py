@@ -164,6 +164,39 @@ def test_nb201_variances_follow_the_reference(degree, expected):
         assert bn.weight.eq(1).all() and bn.bias.eq(0).all()
 
 
+def test_indegree_all_counts_every_non_zero_input_as_the_reference():
+    """``indegree="all"`` (the reference code's count) includes inputs from vertices the input never reaches;
+    ``live`` (the default) does not. mlp ``0_12_002``: node 1 is dead (0->1 zero), node 2 = skip(n0) + W(n1),
+    so the edge 2->3 reads a vertex with 1 live input but 2 non-zero ones."""
+    from ahps_core.scaling import in_degrees
+
+    graph = parse_arch("0_12_002", "mlp")
+    assert 1 not in graph.live_nodes
+    assert in_degrees(graph, "live") == (1, 0, 1, 1) and in_degrees(graph, "all") == (1, 0, 2, 1)
+    assert {(p.edge.src, p.edge.dst): p.degree for p in init_plan(graph, "source", "all")} == {(1, 2): 1, (2, 3): 2}
+    assert {(p.edge.src, p.edge.dst): p.degree for p in init_plan(graph, "source")} == {(1, 2): 1, (2, 3): 1}
+    width = 256
+    for indegree, d in (("live", 1), ("all", 2)):
+        m = build_model(graph, num_classes=3, in_shape=(8,), width=width, indegree=indegree,
+                        generator=torch.Generator().manual_seed(0))
+        (layer,) = m.layers  # pruned: only 2->3 is on a path
+        assert _rel(layer[0].weight.var().item(), 2 / (width * d)) < 0.05, indegree
+    # NB201, full cell: node 1 dead (none from node 0); node 2 = c(n0) + c(n1); the conv 2->3 reads 2 non-zero inputs
+    cell = parse_arch("|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|skip_connect~1|nor_conv_3x3~2|")
+    C = 48
+    for indegree, d in (("live", 1), ("all", 2)):
+        m = build_model(cell, num_classes=10, in_shape=(3, 8, 8), C=C, N=1, cell="full", indegree=indegree,
+                        generator=torch.Generator().manual_seed(1))
+        first = m.cells[0]
+        assert isinstance(first, InferCell) and len(first.layers) == 3  # 1->2 is built, off every path
+        for i, layer in zip(first.edge_index, first.layers, strict=True):
+            e = cell.edges[i]
+            want = {(0, 2): 1, (1, 2): 1, (2, 3): d}[e.src, e.dst]
+            assert _rel(layer.conv.weight.var().item(), 2 / (C * 9 * want)) < 0.05, (indegree, e)
+    with pytest.raises(ConfigError, match="unknown indegree 'some': accepted are all, live"):
+        init_plan(graph, "source", "some")
+
+
 def test_generator_makes_init_reproducible_and_independent_of_the_global_rng():
     graph = parse_arch("2_12", "mlp")
     for init in ("arch-aware", "default"):

@@ -135,6 +135,77 @@ def test_nb201_parameter_counts_match_the_benchmark(arch, params):
         assert _params(model) == round(expected * 1e6)
 
 
+@pytest.mark.parametrize("arch,params", NB201_PARAMS)
+def test_full_cells_have_the_benchmarks_parameter_counts(arch, params):
+    """``cell=full`` is NB201's exact network: the recorded counts on all three datasets (as ``pruned`` for these
+    three cells, whose ops are all on input->output paths or parameter-free)."""
+    graph = parse_arch(arch)
+    shapes = [(10, (3, 32, 32)), (100, (3, 32, 32)), (120, (3, 16, 16))]
+    for (classes, shape), expected in zip(shapes, params, strict=True):
+        full = build_model(graph, num_classes=classes, in_shape=shape, init="default", cell="full")
+        assert _params(full) == round(expected * 1e6)
+
+
+# Cells with convs off every input->output path: ``full`` builds them (NB201's count), ``pruned`` does not.
+OFF_PATH_CELLS = ["0_42_102", "0_02_314", "0_03_132", "0_41_320", "2_42_400", "1_24_020", "2_30_003", "3_00_303"]
+
+
+def test_every_cells_full_count_follows_the_records():
+    """Parameter counts are additive over a cell's ops, so the three recorded architectures give the count of every
+    cell: with P the records (10 / 100 / 120 classes), one conv1x1 op in every cell adds P(0) - P(284), the rest of
+    the network is 2 P(284) - P(0), and a conv3x3 op adds (P(11) - rest) / 3. ``full`` has that count for every cell
+    (its ops all counted); ``pruned`` counts only the convs on input->output paths."""
+    from ahps_core.graph import Op
+
+    recorded = {index: params for index, (_, params) in zip((0, 11, 284), NB201_PARAMS, strict=True)}
+    shapes = [(10, (3, 32, 32)), (100, (3, 32, 32)), (120, (3, 16, 16))]
+    differ = 0
+    for code in OFF_PATH_CELLS:
+        graph = parse_arch(code, "nb201")
+        path = set(graph.path_edges)
+        for d, (classes, shape) in enumerate(shapes):
+            p = {i: round(v[d] * 1e6) for i, v in recorded.items()}
+            conv1, rest = p[0] - p[284], 2 * p[284] - p[0]
+            conv3 = (p[11] - rest) // 3
+            assert rest + 3 * conv3 == p[11]
+
+            def count(edges, conv1=conv1, conv3=conv3, rest=rest) -> int:
+                k = [e.kernel for e in edges if e.op is Op.WEIGHT]
+                return rest + k.count(1) * conv1 + k.count(3) * conv3
+
+            full = build_model(graph, num_classes=classes, in_shape=shape, init="default", cell="full")
+            pruned = build_model(graph, num_classes=classes, in_shape=shape, init="default", cell="pruned")
+            assert _params(full) == count(graph.edges), (code, classes)
+            assert _params(pruned) == count([e for e in graph.edges if e in path]) < _params(full), (code, classes)
+            differ += 1
+    assert differ == 3 * len(OFF_PATH_CELLS)
+
+
+def test_full_cells_compute_every_op_and_match_pruned_at_init():
+    """A full cell evaluates the ops off every path as NB201 does (a node whose inputs are all ``none`` holds zeros;
+    a conv out of it gives its BN shift, a learnable constant, 0 at init); with the pruned network's weights its
+    output equals the pruned network's at init, and after the BN shift moves it does not."""
+    graph = parse_arch("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|", "nb201")
+    assert 2 not in graph.live_nodes  # node 2 has only none inputs: zeros
+    full = build_model(graph, num_classes=4, in_shape=(3, 8, 8), C=4, N=1, cell="full")
+    pruned = build_model(graph, num_classes=4, in_shape=(3, 8, 8), C=4, N=1, cell="pruned")
+    cell = full.cells[0]
+    assert isinstance(cell, InferCell) and len(cell.layers) == 2 and len(pruned.cells[0].layers) == 0
+    # the pruned network's parameters, by name, into the full one (the convs off every path keep theirs)
+    state = full.state_dict()
+    assert set(pruned.state_dict()) < set(state)
+    state.update(pruned.state_dict())
+    full.load_state_dict(state)
+    x = torch.randn(2, 3, 8, 8)
+    full.eval()
+    pruned.eval()
+    torch.testing.assert_close(full(x), pruned(x))
+    dead = cell.layers[cell.edge_index.index(next(i for i, e in enumerate(graph.edges) if (e.src, e.dst) == (2, 3)))]
+    with torch.no_grad():
+        dead.op[2].bias.fill_(0.5)  # the BN shift of the conv out of the dead node reaches the output
+    assert not torch.allclose(full(x), pruned(x))
+
+
 def test_nb201_macro_structure():
     m = build_model(parse_arch("3_33_133", "nb201"), num_classes=10, in_shape=(3, 32, 32), C=8, N=2)
     assert isinstance(m, TinyNetwork)

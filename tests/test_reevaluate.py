@@ -60,14 +60,19 @@ class Store:
                 and (group is None or r["tags"].get("ahps.run_group") == group)]
 
 
+#: The generated data's split file of CIFAR-100 (written by the first run, in NB201's format and under its name).
+SPLIT = Path("ahps_outputs") / "synthetic-data" / "cifar100-test-split.txt"
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """Two tiny local runs in one working directory, run groups g-one and g-two."""
+    """Two tiny local runs on CIFAR-100 in one working directory: run group g-one without a split file, g-two with
+    the generated data's split file (written by the first run)."""
     work = tmp_path_factory.mktemp("reevaluate")
     out = []
-    for group in ("g-one", "g-two"):
+    for group, extra in (("g-one", []), ("g-two", ["-p", f"split_file={work / SPLIT}"])):
         t0 = time.perf_counter()
-        r = ahps("run", "reevaluate", *TINY, "--run-group", group, cwd=work)
+        r = ahps("run", "reevaluate", *TINY, "-p", "dataset=cifar100", *extra, "--run-group", group, cwd=work)
         assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
         out.append((r, time.perf_counter() - t0))
     print(f"tiny runs: {out[0][1]:.1f} s, {out[1][1]:.1f} s")
@@ -89,6 +94,10 @@ def test_local_run_records_parent_children_and_ranking(two_runs):
     assert parent["params"]["epochs"] == "1" and parent["params"]["seeds"] == "[777]"
     assert "C=4 channels (NB201: 16)" in parent["params"]["budget_reasons"]
     assert "synthetic data" in parent["params"]["budget_reasons"]
+    # no split file: the run is tagged deviated, with split among the deviations (and the reduced budget, one seed)
+    assert (parent["tags"]["protocol"], parent["tags"]["protocol_deviations"]) == ("deviated", "budget,split,seeds")
+    assert parent["params"]["split_file"] == "" and parent["params"]["deviations"] == "budget, split, seeds"
+    assert "- split: no NB201 split file (cifar100-test-split.txt)" in parent["tags"]["mlflow.note.content"]
 
     children = store.kind("train", "g-one")
     assert len(children) == 3
@@ -96,10 +105,11 @@ def test_local_run_records_parent_children_and_ranking(two_runs):
     for c in children:
         tags, metrics = c["tags"], c["metrics"]
         assert c["status"] == "FINISHED" and tags["mlflow.parentRunId"] == parent["id"]
-        assert (tags["family"], tags["dataset"], tags["seed"], tags["recipe"]) == ("nb201", "cifar10", "777",
+        assert (tags["family"], tags["dataset"], tags["seed"], tags["recipe"]) == ("nb201", "cifar100", "777",
                                                                                    "autoscaled")
         assert (tags["rule"], tags["convention"], tags["budget"]) == ("sum-cubed", "reference", "reduced")
-        rec = records.query(tags["arch"], "cifar10")
+        assert (tags["protocol"], tags["protocol_deviations"]) == ("deviated", "budget,split,seeds")
+        rec = records.query(tags["arch"], "cifar100")
         assert tags["benchmark_index"] == str(rec.index)
         assert metrics["benchmark_acc"] == pytest.approx(rec.acc_mean, abs=1e-9)  # mean over 777/888/999
         assert metrics["new_acc"] == pytest.approx(100 * metrics["final_eval_acc"])
@@ -107,6 +117,7 @@ def test_local_run_records_parent_children_and_ranking(two_runs):
         assert [s for s, _ in c["history"]["train_loss"]] == [1]  # step metrics per epoch
         assert c["params"]["C"] == "4" and c["params"]["N"] == "1" and c["params"]["eval_part"] == "test"
         assert c["params"]["train_recipe"] == "nb201" and c["params"]["init"] == "arch-aware"
+        assert (c["params"]["cell"], c["params"]["indegree"], c["params"]["amp"]) == ("full", "all", "off")
         assert float(c["params"]["lr"]) < 0.46  # transferred from the base LR 0.46: every cell is deeper
 
     (ranking,) = store.kind("ranking", "g-one")
@@ -115,22 +126,62 @@ def test_local_run_records_parent_children_and_ranking(two_runs):
     assert -1 <= m["tau_top100"] <= 1 and m["noise_tau_top100"] == pytest.approx(1.0)  # 3 cells: seeds agree
     assert m["n_top100"] == 3 and m["n_top50"] == 2 and "tau_top50" not in m  # undefined for 2 cells: not logged
     assert "spearman_top100" in m and "mean_accuracy_delta_ci_low" in m and "gap_ratio" in m
+    assert (ranking["tags"]["protocol"], ranking["tags"]["protocol_deviations"]) == ("deviated", "budget,split,seeds")
     plots = sorted(p.name for p in (ranking["artifacts"] / "plots").iterdir())
-    assert plots == ["cifar10_gaps.png", "cifar10_scatter.png", "cifar10_topk.png"]
+    assert plots == ["cifar100_gaps.png", "cifar100_scatter.png", "cifar100_topk.png"]
     report = json.loads((ranking["artifacts"] / "ranking" / "ranking_report.json").read_text())
     assert report["n_common"] == 3 and set(report["topk"]) == {"benchmark", "new"}
     assert parent["metrics"]["tau_top100"] == m["tau_top100"]
 
     out = r.stdout
     assert "REDUCED network/budget" in out and "NOT a re-evaluation of NAS-Bench-201" in out
+    assert "!! protocol=deviated: DEVIATED from NAS-Bench-201's protocol (budget, split, seeds):" in out
+    assert "!!   split: no NB201 split file (cifar100-test-split.txt)" in out
+    assert "!!   seeds: seeds [777] (NB201: 777, 888, 999)" in out
+    summary = json.loads(next(Path(ln.split()[1]) for ln in out.splitlines() if ln.startswith("summary:"))
+                         .read_text())
+    assert summary["protocol"]["label"] == "deviated" and summary["protocol"]["names"] == ["budget", "split", "seeds"]
+    assert summary["protocol"]["reference"]["seeds"] == [777, 888, 999] and summary["split"] is None
     header = next(ln for ln in out.splitlines() if ln.startswith("cell (code)"))
     assert "benchmark acc %" in header and "new acc %" in header and "rank new" in header
-    for rec in (records.query(i, "cifar10") for i in records.indices()):
+    for rec in (records.query(i, "cifar100") for i in records.indices()):
         assert f"{rec.acc_mean:.2f}" in out
     assert any(ln.startswith("100  3  ") for ln in out.splitlines())
     assert any(ln.startswith("50   2") and "fewer than 3 cells: undefined" in ln for ln in out.splitlines())
     assert "trainings: 3 (0 reused" in out and "plot topk:" in out
     assert (work / "ahps_outputs" / "synthetic-data" / "ahps-synthetic-md5.json").is_file()
+
+
+def test_the_split_file_reaches_the_loader_of_every_training(two_runs):
+    """g-two gave the generated data's split file: every training was evaluated on exactly its x-test indices (the
+    loader's hash of the evaluated part's indices, recorded in the training's result), the file's md5 is recorded,
+    and the run is still deviated on the split, because the file is not NB201's (nor is the data); without the
+    file (g-one) the evaluated part is the seeded half, other indices."""
+    from ahps_core.data.checksums import md5_file
+    from ahps_core.data.datasets import indices_hash
+    from ahps_core.data.splits import parse_split
+
+    work, (_, r) = two_runs
+    store = Store(work)
+    split = work / SPLIT
+    _, xtest = parse_split(split.read_bytes(), str(split), ("xvalid", "xtest"), None)
+    results = {}
+    for group in ("g-one", "g-two"):
+        runs = store.kind("train", group)
+        assert len(runs) == 3
+        results[group] = [json.loads((c["artifacts"] / "result.json").read_text())["data"] for c in runs]
+    for data in results["g-two"]:
+        assert data["split"] == f"file: {split}" and data["split_md5"] == md5_file(split)
+        assert (data["eval_part"], data["eval_images"]) == ("test", len(xtest))
+        assert data["eval_indices"] == indices_hash(xtest)
+        assert (data["split_verified"], data["split_nb201"]) == ("md5", False)
+    for data in results["g-one"]:
+        assert data["split"].startswith("seeded: stratified halving") and "split_md5" not in data
+        assert data["eval_indices"] != indices_hash(xtest)
+    (parent,) = store.kind("parent", "g-two")
+    assert parent["params"]["split_file"] == str(split)
+    assert parent["tags"]["protocol_deviations"] == "budget,split,seeds"
+    assert f"split file {split} (md5 {md5_file(split)}) is not NB201's cifar100-test-split.txt" in r.stdout
 
 
 def test_two_run_groups_are_two_parent_runs_in_one_experiment(two_runs):
@@ -172,8 +223,9 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert set(inputs) == set(PARAMS)
     assert inputs["epochs"]["defaultValue"] == 200 and inputs["C"]["defaultValue"] == 16  # NB201's budget
-    assert inputs["seeds"]["defaultValue"] == [777] and inputs["base_lr"]["defaultValue"] == 0.46
+    assert inputs["seeds"]["defaultValue"] == [777, 888, 999] and inputs["base_lr"]["defaultValue"] == 0.46
     assert inputs["data_source"]["defaultValue"] == "" and inputs["benchmark"]["defaultValue"] == ""
+    assert inputs["split_file"]["defaultValue"] == "" and inputs["split_file"]["parameterType"] == "STRING"
 
     executors = spec["deploymentSpec"]["executors"]
     for name in ("exec-reeval-train", "exec-reeval-base-lr"):
@@ -205,6 +257,41 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
     for value in FAKE_CREDS.values():
         assert value not in text
     assert not [n for n in inputs if any(w in n.lower() for w in ("password", "secret_key", "token", "access_key"))]
+
+
+def test_compiled_defaults_are_the_nb201_protocol(compiled):
+    """The compiled pipeline's defaults equal NAS-Bench-201's protocol object, field by field: each field is a
+    pipeline parameter with the protocol's value, or (recipe, evaluated part, fixed arm, split file name) a constant
+    the pipeline applies; and the split file reaches every task that loads data."""
+    import dataclasses
+
+    from ahps_core.protocol import nb201_protocol
+    from ahps_core.steps.reevaluate import HEADLINE_PART, REEVAL_RECIPE
+
+    _, (spec, _) = compiled
+    inputs = {name: p.get("defaultValue") for name, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    protocol = nb201_protocol(inputs["dataset"])
+    as_params = protocol.pipeline_params()
+    constants = {"name": "nb201", "recipe": REEVAL_RECIPE, "eval_part": HEADLINE_PART[protocol.dataset],
+                 "headline_set": "ori-test", "split_file": None, "fixed_arm": protocol.fixed_arm}
+    for field in dataclasses.fields(protocol):
+        value = getattr(protocol, field.name)
+        if field.name in as_params:
+            want = list(value) if isinstance(value, tuple) else value
+            assert inputs[field.name] == want == as_params[field.name], field.name
+        else:
+            assert constants[field.name] == value, field.name
+    assert inputs["amp"] == "off" and inputs["cell"] == "full" and inputs["indegree"] == "all"
+    assert inputs["seeds"] == [777, 888, 999] and inputs["batch_size"] == 256
+    for name in ("sample-cells", "reeval-base-lr"):
+        task = spec["root"]["dag"]["tasks"][name]
+        assert task["inputs"]["parameters"]["split_file"] == {"componentInputParameter": "split_file"}, name
+    train = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["reeval-train"]
+    assert train["inputs"]["parameters"]["split_file"] == {"componentInputParameter": "pipelinechannel--split_file"}
+    for dataset in ("cifar10-valid", "cifar100", "ImageNet16-120"):
+        other = nb201_protocol(dataset)
+        assert other.pipeline_params() == {**as_params, "dataset": dataset}  # one set of defaults fits them all
+        assert other.split_file and other.headline_set in ("x-valid", "x-test")
 
 
 # --- bad inputs: one line, no traceback, non-zero exit ------------------------------------------------------------
@@ -300,7 +387,7 @@ def test_chart_hook_replaces_and_passes_only_accepted_parameters(tmp_path):
 
 
 def test_budget_marking():
-    from ahps_core.steps.reevaluate import budget_info
+    from ahps_core.steps.reevaluate import budget_info  # the protocol's (ahps_core.protocol), as the steps use it
 
     assert budget_info(C=16, N=5, epochs=200, batch_size=0, benchmark="s3://b/x")["reduced"] is False
     small = budget_info(C=16, N=5, epochs=50, benchmark="fixture")

@@ -228,6 +228,64 @@ def test_graph_family_matches_mlp_code_through_offsets():
     assert default_base("graph").num_nodes == 3
 
 
+# --- Wu's unit (convention wu, docs/conventions.md §2.7) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 4, 6, 8])
+def test_wu_counts_the_linear_layers_of_the_whole_mlp(h):
+    """An MLP chain of h hidden layers has h + 1 Linear layers (stem and readout included): L = H + 1 under wu,
+    against H + 2 (reference) and H (paper); effective-depth defaults to it, sum-cubed agrees on a chain."""
+    g = parse_arch(chain(h), "mlp")
+    t = Transferer("mlp", 1.0, rule="effective-depth")(g)
+    assert t.convention == "wu" and (t.effective_depth, t.base_effective_depth) == (h + 1, 2)
+    assert t.ratio == pytest.approx((2 / (h + 1)) ** 1.5, rel=1e-12)
+    assert Transferer("mlp", 1.0, convention="wu")(g).ratio == pytest.approx(t.ratio, rel=1e-12)
+    assert Transferer("mlp", 1.0).convention == "reference"  # sum-cubed keeps the reference code's unit
+    for conv, unit in (("reference", h + 2), ("paper", h)):
+        r = Transferer("mlp", 1.0, rule="effective-depth", convention=conv)(g)
+        assert r.effective_depth == unit
+
+
+def test_wu_counts_nb201_over_the_whole_macro_network():
+    """Per cell (reference) the largest cell 3_33_333 gets ratio (1/3)^(3/2) = 0.19; over the whole network (wu):
+    the identity-cell proxy has stem 1 + two reductions (shortcut conv + addition) 2 + 2 + classifier 1 = 6, the
+    cell a conv and an addition per cell, 15 x 2 + 6 = 36, ratio (6/36)^(3/2) = 0.068. With N cells per stage the
+    whole network changes; the existing conventions do not look at it."""
+    from ahps_core.nb201_graph import nb201_network_graph
+
+    big = parse_arch("3_33_333", "nb201")
+    per_cell = Transferer("nb201", 0.46, rule="effective-depth", convention="reference")(big)
+    assert (per_cell.effective_depth, per_cell.base_effective_depth) == (3, 1)
+    assert per_cell.ratio == pytest.approx(3 ** -1.5, rel=1e-12) == pytest.approx(0.19245, abs=1e-5)
+    whole = Transferer("nb201", 0.46, rule="effective-depth")(big)
+    assert (whole.convention, whole.effective_depth, whole.base_effective_depth) == ("wu", 36, 6)
+    assert whole.ratio == pytest.approx((6 / 36) ** 1.5, rel=1e-12) == pytest.approx(0.068041, abs=1e-6)
+    assert whole.arch == big.spec and whole.family == "nb201" and whole.kernel_factor == 1.0
+    small = Transferer("nb201", 0.46, rule="effective-depth", cells_per_stage=1)(big)
+    assert (small.effective_depth, small.base_effective_depth) == (12, 6)
+    for code, per_cell_eff in (("1_01_001", 6), ("3_33_133", 21), ("2_02_002", 51), ("4_44_444", 21)):
+        g = parse_arch(code, "nb201")
+        net = nb201_network_graph(g)
+        assert net.family == "graph" and effective_depth(net) == per_cell_eff, code
+        assert depth_stats(g, "wu") == path_stats(net)  # every weight layer on the path; no offset
+    with pytest.raises(ConfigError, match="take unit_graph"):
+        from ahps_core.scaling import depth_convention
+
+        depth_convention(big, "wu")
+    with pytest.raises(NoPathError):
+        nb201_network_graph(parse_arch("3_00_003", "nb201"))
+
+
+def test_the_existing_conventions_are_unchanged_by_wu():
+    """E4's numbers and the reference/paper outputs stay what they were (pinned above, and here through the
+    defaults a caller gets without naming a convention)."""
+    g = parse_arch("3_33_133", "nb201")
+    assert Transferer("nb201", 0.46)(g).lr == pytest.approx(0.04216813086329772, rel=1e-15)
+    assert Transferer("nb201", 0.46, convention="paper")(g).to_dict()["convention"] == "paper"
+    eff = Transferer("nb201", 0.46, rule="effective-depth", convention="reference")(g)
+    assert (eff.effective_depth, eff.base_effective_depth) == (2, 1)
+
+
 def test_huge_sums_do_not_overflow():
     assert sum_cubed_ratio(27, 10**800) == pytest.approx(math.exp(0.5 * (math.log(27) - 800 * math.log(10))))
     assert sum_cubed_ratio(27, 27) == 1.0

@@ -140,6 +140,32 @@ def test_depth_sweep_on_digits_follows_the_transfer_rule(capsys, tmp_path):
     assert measured[-1] < measured[0]
 
 
+@pytest.mark.slow
+def test_depth_sweep_on_digits_follows_the_effective_depth_law_in_wus_unit(capsys, tmp_path):
+    """The acceptance of Wu's unit: ``ahps validate --family mlp --dataset digits --depths 1,2,3,4,6,8 --rule
+    effective-depth --json`` compares in the rule's default unit ``wu`` (L = hidden layers + 1: every Linear layer)
+    and reports a slope within 0.8-1.25 (measured 1.06: the maximal LR falls as L^-1.59 against the law's L^-1.5)."""
+    code = main(["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,2,3,4,6,8", "--rule",
+                 "effective-depth", "--device", "cpu", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["rule"], rep["convention"], rep["n"]) == ("effective-depth", "wu", 6) and not rep["skipped"]
+    assert [p["effective_depth"] for p in rep["points"]] == [2, 3, 4, 5, 7, 9]
+    assert 0.8 <= rep["slope"] <= 1.25, rep["slope"]
+    assert rep["pearson_log"] >= 0.9, rep["pearson_log"]
+
+
+def test_each_rule_is_compared_in_its_own_unit_by_default(tmp_path, digits):
+    rep = validate("mlp", "digits", ["2", "2_02"], data=digits, grid=GRID, seeds=[0], budget=TINY, width=32,
+                   refine=False, rules=["sum-cubed", "effective-depth"], out_dir=tmp_path, plot=False)
+    assert [(c["rule"], c["convention"]) for c in rep["comparisons"]] == [("sum-cubed", "reference"),
+                                                                         ("effective-depth", "wu")]
+    wu = rep["comparisons"][1]
+    assert [p["effective_depth"] for p in wu["points"]] == [3, 4]  # 2 and 3 hidden layers: 3 and 4 Linear layers
+    base = rep["base"]["lr"]
+    assert [p["predicted_lr"] for p in wu["points"]] == pytest.approx([base * (2 / 3) ** 1.5, base * (2 / 4) ** 1.5])
+
+
 def test_validate_bad_inputs(digits):
     with pytest.raises(ConfigError, match="unknown rule 'cubic'"):
         validate("mlp", "digits", ["1"], data=digits, rules=["cubic"])

@@ -27,7 +27,14 @@ family_opt = click.option(
 )
 convention_opt = click.option(
     "--convention", type=click.Choice(CONVENTIONS), default="reference", show_default=True,
-    help="Path-depth convention: 'reference' reproduces the reference code, 'paper' the paper's text.",
+    help="Path-depth convention: 'reference' reproduces the reference code, 'paper' the paper's text, 'wu' counts "
+         "every weight layer of the whole network (Wu et al.).",
+)
+rule_convention_opt = click.option(
+    "--convention", type=click.Choice(CONVENTIONS), default=None,
+    help="Path-depth convention: 'reference' reproduces the reference code, 'paper' the paper's text, 'wu' counts "
+         "every weight layer of the whole network (Wu et al.) [default: reference for sum-cubed, wu for "
+         "effective-depth].",
 )
 json_opt = click.option("--json", "as_json", is_flag=True, help="One JSON object per architecture.")
 kernel_opt = click.option(
@@ -158,7 +165,7 @@ def paths_cmd(arch, family, convention, kernel_size, histogram, model_ref, as_js
               help="Kernel side length of the base (default 3 for cnn and nb201).")
 @click.option("--rule", type=click.Choice(RULES), default="sum-cubed", show_default=True,
               help="sum-cubed (Chen et al.) or effective-depth (Wu et al.).")
-@convention_opt
+@rule_convention_opt
 @click.option("--model", "model_ref", metavar="MODULE:FACTORY", help="Extract the graph of a PyTorch model.")
 @json_opt
 def lr_cmd(arch, base_lr, family, kernel_size, base_spec, base_kernel_size, rule, convention, model_ref,

@@ -29,6 +29,11 @@ data_root_opt = click.option(
     "--data-root", default=None, help="Directory or s3://bucket/prefix holding the dataset files (not for digits).",
 )
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+split_file_opt = click.option(
+    "--split-file", default=None,
+    help="NB201's split file of the dataset (cifar-split.txt, cifar100-test-split.txt, "
+         "imagenet-16-120-test-split.txt), a path or s3://bucket/key; default: a seeded half (not NB201's).",
+)
 
 
 def grid_options(f):
@@ -80,17 +85,17 @@ def _seeds(n: int) -> list[int]:
 
 
 def _budget(dataset: str, epochs: int | None, batch_size: int | None, max_steps: int | None,
-            device: str) -> ProbeBudget:
+            device: str, family: str | None = None) -> ProbeBudget:
     from ahps_core.presets import default_budget
 
-    return default_budget(dataset, epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps,
+    return default_budget(dataset, family, epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps,
                           device=device)
 
 
-def _load(dataset: str, data_root: str | None) -> DatasetSplit:
+def _load(dataset: str, data_root: str | None, split_file: str | None = None) -> DatasetSplit:
     from ahps_core.data import load_dataset
 
-    return load_dataset(dataset, data_root)
+    return load_dataset(dataset, data_root, split_file=split_file)
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:
@@ -124,7 +129,7 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
     check_family(family)
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
-    budget = _budget(dataset, epochs, batch_size, max_steps, device)
+    budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
     data = _load(dataset, data_root)
     result = find_base_lr(family, dataset, data=data, grid=grid, seeds=seed_list, budget=budget, width=width,
                           init=init, refine=refine, threads=threads)
@@ -160,9 +165,11 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
 @click.option("--seed", "sample_seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--rule", "rules", default="sum-cubed", show_default=True,
               help="Comma-separated transfer rules: sum-cubed, effective-depth.")
-@click.option("--convention", "conventions", default="reference", show_default=True,
-              help="Comma-separated depth conventions: reference, paper.")
+@click.option("--convention", "conventions", default=None,
+              help="Comma-separated depth conventions: reference, paper, wu [default: each rule's own: reference "
+                   "for sum-cubed, wu for effective-depth].")
 @click.option("--kernel-size", type=int, default=None, help="cnn kernel side (default 3).")
+@split_file_opt
 @grid_options
 @probe_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="ahps_outputs/validate",
@@ -170,8 +177,8 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @json_opt
 def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed, rules, conventions, kernel_size,
-                 grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size, max_steps, width, init,
-                 refine, device, threads, out_dir, plot, as_json) -> None:
+                 split_file, grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size, max_steps, width,
+                 init, refine, device, threads, out_dir, plot, as_json) -> None:
     """Predicted (transferred) vs measured maximal LRs over a set of target architectures."""
     from ahps_core.lr_search import check_family
     from ahps_core.validate import parse_depths, resolve_targets, validate
@@ -183,15 +190,16 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
     )
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
-    budget = _budget(dataset, epochs, batch_size, max_steps, device)
-    data = _load(dataset, data_root)
+    budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
+    data = _load(dataset, data_root, split_file)
 
     def log(line: str) -> None:
         click.echo(line, err=True)
 
     report = validate(
         family, dataset, targets, rules=[r.strip() for r in rules.split(",") if r.strip()],
-        conventions=[c.strip() for c in conventions.split(",") if c.strip()], data=data, grid=grid,
+        conventions=None if conventions is None else [c.strip() for c in conventions.split(",") if c.strip()],
+        data=data, grid=grid,
         seeds=seed_list, budget=budget, width=width, kernel_size=kernel_size, init=init, refine=refine,
         threads=threads, out_dir=out_dir, plot=plot, log=None if as_json else log,
     )
@@ -220,10 +228,14 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
 @click.option("--arch", required=True, help="Architecture spec (DAG code, NB201 cell, FAMILY:SPEC).")
 @dataset_opt
 @data_root_opt
-@click.option("--lr", type=float, default=None, help="Fixed learning rate.")
-@click.option("--base-lr", type=float, default=None, help="Base LR of the proxy: autoscale to this architecture.")
+@split_file_opt
+@click.option("--lr", type=float, default=None,
+              help="Fixed learning rate: the fixed recipe, with PyTorch's default init unless --init says otherwise.")
+@click.option("--base-lr", type=float, default=None,
+              help="Base LR of the proxy: autoscale to this architecture, with the arch-aware init.")
 @click.option("--rule", default="sum-cubed", show_default=True, help="Transfer rule of --base-lr.")
-@click.option("--convention", default="reference", show_default=True, help="Depth convention of --base-lr.")
+@click.option("--convention", default=None,
+              help="Depth convention of --base-lr [default: reference for sum-cubed, wu for effective-depth].")
 @click.option("--recipe", default="nb201", show_default=True,
               help="Training preset: nb201, probe or reference (options below override it).")
 @click.option("--epochs", type=int, default=None)
@@ -237,51 +249,60 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
 @click.option("--C", "C", type=int, default=16, show_default=True, help="nb201 channels of the first stage.")
 @click.option("--N", "N", type=int, default=5, show_default=True, help="nb201 cells per stage.")
 @click.option("--kernel-size", type=int, default=None, help="cnn kernel side.")
-@click.option("--init", default="arch-aware", show_default=True, help="arch-aware or default.")
+@click.option("--init", default=None,
+              help="arch-aware or default [default: default with --lr (the fixed recipe), arch-aware with --base-lr].")
 @click.option("--degree", default="source", show_default=True,
               help="In-degree rule of arch-aware init: source, destination or mean-field.")
+@click.option("--indegree", default=None, help="In-degrees the arch-aware init counts: all or live [default: live].")
+@click.option("--cell", default=None, help="nb201 cells: full (NB201's exact network) or pruned [default: pruned].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--amp", default="auto", show_default=True, help="auto (bf16 on CUDA), bf16 or off.")
+@click.option("--amp", default=None,
+              help="auto (bf16 on CUDA), bf16 or off [default: the recipe's: off (fp32) for nb201, else auto].")
 @click.option("--max-steps", type=int, default=None, help="Truncate every epoch to this many steps.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
               help="Checkpoint every epoch here; a re-run with the same options resumes.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @json_opt
-def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, recipe, epochs, batch_size, momentum,
-              weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, degree, device, amp,
-              max_steps, checkpoint_dir, progress, as_json) -> None:
-    """Train one architecture with a preset, at a fixed or an autoscaled learning rate."""
+def train_cmd(family, arch, dataset, data_root, split_file, lr, base_lr, rule, convention, recipe, epochs, batch_size,
+              momentum, weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, degree, indegree,
+              cell, device, amp, max_steps, checkpoint_dir, progress, as_json) -> None:
+    """Train one architecture with a preset, at a fixed LR (the fixed recipe: PyTorch's default init) or an
+    autoscaled one (the arch-aware init)."""
     from ahps_core.lr_search import check_family
     from ahps_core.presets import recipe_config
+    from ahps_core.protocol import fixed_arm
     from ahps_core.specs import parse_arch
     from ahps_core.train import train
 
     check_family(family)
     if (lr is None) == (base_lr is None):
         raise ConfigError("give exactly one of --lr (fixed) or --base-lr (autoscaled to the architecture)")
+    if init is None:
+        init = fixed_arm(family).init if lr is not None else "arch-aware"
     transfer = None
     if base_lr is not None:
         from ahps_core.scaling import Transferer
 
         check_lr(base_lr, "base learning rate")
         graph = parse_arch(arch, family, kernel_size=kernel_size)
-        transfer = Transferer(family, base_lr, rule=rule, convention=convention, kernel_size=kernel_size)(graph)
+        transfer = Transferer(family, base_lr, rule=rule, convention=convention, kernel_size=kernel_size,
+                              cells_per_stage=N)(graph)
         lr = transfer.lr
     check_lr(lr)
     config = recipe_config(
         recipe, family=family, arch=arch, dataset=dataset, data_root=data_root, lr=lr, epochs=epochs,
         batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         schedule=schedule, seed=seed, width=width, C=C, N=N, kernel_size=kernel_size, init=init, degree=degree,
-        device=device,
+        indegree=indegree, cell=cell, device=device,
         amp=amp, max_steps_per_epoch=max_steps, checkpoint_dir=checkpoint_dir,
     )
     if config.momentum == 0 and config.nesterov:
         config = config.replace(nesterov=False)
     config.validated()
-    data = _load(dataset, data_root)
+    data = _load(dataset, data_root, split_file)
     if not as_json:
-        src = f" (autoscaled from base LR {base_lr:g}, {rule}/{convention})" if transfer else ""
-        click.echo(f"training {family}:{arch} on {dataset}, lr {lr:.4g}{src}, recipe {recipe}, "
+        src = f" (autoscaled from base LR {base_lr:g}, {rule}/{transfer.convention})" if transfer else " (fixed)"
+        click.echo(f"training {family}:{arch} on {dataset}, lr {lr:.4g}{src}, init {config.init}, recipe {recipe}, "
                    f"{config.epochs} epochs")
         click.echo(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'eval_loss':>9} {'eval_acc':>8} "
                    f"{'lr':>9} {'s':>6}")

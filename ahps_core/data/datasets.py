@@ -15,11 +15,13 @@ NB201's result files); ``cifar10-valid``'s ``test`` is likewise the original CIF
 
 **Splits.** NB201 carves the valid/test parts with index files (``cifar-split.txt`` with keys ``train``/
 ``valid``; ``cifar100-test-split.txt`` and ``imagenet-16-120-test-split.txt`` with keys ``xvalid``/``xtest``;
-JSON of the form ``{"key": ["int", ["0", "5", ...]], ...}``). Pass one as ``split_file`` to reproduce NB201's
-exact split. Without it a deterministic *stratified halving* is used instead: shuffle with
-``numpy.random.default_rng(split_seed)``, stable-sort by label, alternate positions between the two parts
-(per class the halves differ by at most one; 25k/25k, 5k/5k and 3k/3k on the real data). It is NOT NB201's
-split; ``metadata["split"]`` says which one was used.
+JSON of the form ``{"key": ["int", ["0", "5", ...]], ...}``; :mod:`ahps_core.data.splits`). Pass one as
+``split_file`` (a path or ``s3://``) to reproduce NB201's exact split; it is verified like the dataset files (its md5
+when one is known, else NB201's own check of its split files). Without it a deterministic *stratified halving* is
+used instead: shuffle with ``numpy.random.default_rng(split_seed)``, stable-sort by label, alternate positions
+between the two parts (per class the halves differ by at most one; 25k/25k, 5k/5k and 3k/3k on the real data). It
+is NOT NB201's split; ``metadata["split"]`` says which one was used (with a file: ``split_md5``, ``split_nb201``,
+``split_verified``), and ``metadata["part_indices"]`` holds a hash of each carved part's indices.
 
 **Normalization** (NB201 ``get_datasets``, checked in D-X-Y/AutoDL-Projects
 ``lib/datasets/get_dataset_with_transform.py``): CIFAR-10 mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1,
@@ -36,7 +38,6 @@ stratify=labels, random_state=0)``; mean/std are those of the training part (com
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -213,7 +214,8 @@ def load_dataset(
         root: local directory or ``s3://bucket/prefix`` holding the files (CIFAR: ``cifar-10-batches-py/`` or
             ``cifar-10-python.tar.gz``, likewise for CIFAR-100; ImageNet16: the batch files themselves).
             ``digits`` takes none.
-        split_file: NB201's split index file for ``cifar10-valid``/``cifar100``/``ImageNet16-120``;
+        split_file: NB201's split index file for ``cifar10-valid``/``cifar100``/``ImageNet16-120`` (a path or
+            ``s3://bucket/key``, verified with ``checksums``/``verify``: :func:`ahps_core.data.splits.read_split`);
             without it a seeded stratified halving (``split_seed``) is used (see module docstring).
         checksums: ``{relative_name: md5}`` overriding the known md5 table (custom/synthetic files).
         verify: ``False`` loads files without any known md5 unverified (explicit opt-out).
@@ -247,18 +249,33 @@ def load_dataset(
 
     train_x, train_y = read(layout.train)
     test_x, test_y = read(layout.test)
+    split_info: dict[str, Any] = {}
+
+    def carve(labels: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+        if split_file is None:
+            return _split_indices(labels, spec, None, split_seed)
+        from ahps_core.data.splits import read_split
+
+        assert spec.split_keys is not None
+        split = read_split(split_file, name, spec.split_keys, size=len(labels), checksums=checksums, verify=verify,
+                           cache_dir=cache_dir, endpoint_url=endpoint_url)
+        split_info.update(split_md5=split.md5, split_nb201=split.nb201, split_verified=split.verified)
+        return split.indices, f"file: {os.fspath(split_file)}"
+
     if spec.split_keys is None:
         parts = {"train": _part(train_x, train_y), "test": _part(test_x, test_y)}
         split_note = "none: the dataset's own train/test parts"
     elif name == "cifar10-valid":  # NB201 carves train/valid out of the CIFAR-10 training set
-        (first, second), split_note = _split_indices(train_y, spec, split_file, split_seed)
+        (first, second), split_note = carve(train_y)
+        split_info["part_indices"] = {"train": indices_hash(first), "valid": indices_hash(second)}
         parts = {
             "train": _part(train_x[first], train_y[first]),
             "valid": _part(train_x[second], train_y[second]),
             "test": _part(test_x, test_y),
         }
     else:  # cifar100, ImageNet16-120: valid/test carved out of the test (validation) set
-        (first, second), split_note = _split_indices(test_y, spec, split_file, split_seed)
+        (first, second), split_note = carve(test_y)
+        split_info["part_indices"] = {"valid": indices_hash(first), "test": indices_hash(second)}
         parts = {
             "train": _part(train_x, train_y),
             "valid": _part(test_x[first], test_y[first]),
@@ -272,6 +289,7 @@ def load_dataset(
         "verified": verify,
         "files": {n: expected_md5(n, checksums, verify) for n in layout.members},
         "split": split_note,
+        **split_info,
         "sizes": {key: len(value) for key, value in parts.items()},
         "normalization": "NB201 get_datasets",
     }
@@ -307,10 +325,19 @@ def _dataset_directory(
     return locate(local_root, layout, checksums=checksums, verify=verify, extract_dir=extract_dir), source
 
 
+def indices_hash(indices: np.ndarray | list[int]) -> str:
+    """A short hash of a part's indices (``metadata["part_indices"]``): which images a part holds."""
+    from ahps_core.jsonio import stable_hash
+
+    return stable_hash([int(i) for i in np.asarray(indices).tolist()])
+
+
+
 def _split_indices(
     labels: np.ndarray, spec: DatasetSpec, split_file: str | os.PathLike[str] | None, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-    """The two index arrays of an NB201 split (from ``split_file`` or seeded) and a note saying which."""
+    """The two index arrays of an NB201 split (from ``split_file``, unverified, or seeded) and a note saying
+    which."""
     assert spec.split_keys is not None
     if split_file is not None:
         return read_split_file(split_file, spec.split_keys, len(labels)), f"file: {os.fspath(split_file)}"
@@ -333,29 +360,18 @@ def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def read_split_file(path: str | os.PathLike[str], keys: tuple[str, str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read an NB201 split index file (``{"key": ["int", ["0", "5", ...]]}``) and return the ``keys`` arrays.
+    """Read an NB201 split index file (``{"key": ["int", ["0", "5", ...]]}``) and return the ``keys`` arrays,
+    unverified (:func:`ahps_core.data.splits.read_split` verifies it too).
 
     The indices must lie in ``0..size-1`` and the two sets must be disjoint; otherwise :class:`DataError`.
     """
+    from ahps_core.data.splits import parse_split
+
     try:
-        content = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        content = Path(path).read_bytes()
+    except OSError as exc:
         raise DataError(f"cannot read split file {path}: {exc}") from exc
-    arrays = []
-    for key in keys:
-        entry = content.get(key) if isinstance(content, dict) else None
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "int" and isinstance(entry[1], list)):
-            raise DataError(f'split file {path}: expected an entry {key!r}: ["int", ["0", ...]] (NB201 format)')
-        try:
-            indices = np.asarray([int(value) for value in entry[1]], dtype=np.int64)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"split file {path}: non-integer index in {key!r}: {exc}") from exc
-        if indices.size == 0 or indices.min() < 0 or indices.max() >= size:
-            raise DataError(f"split file {path}: {key!r} indices must be in 0..{size - 1} (the set has {size} images)")
-        arrays.append(indices)
-    if np.intersect1d(arrays[0], arrays[1]).size:
-        raise DataError(f"split file {path}: {keys[0]!r} and {keys[1]!r} share indices; expected disjoint sets")
-    return arrays[0], arrays[1]
+    return parse_split(content, os.fspath(path), keys, size)
 
 
 def _load_digits() -> DatasetSplit:

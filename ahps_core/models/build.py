@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ahps_core.checks import check_int
+from ahps_core.checks import check_choice, check_int
 from ahps_core.errors import ConfigError
 from ahps_core.graph import ArchGraph, Op
 from ahps_core.models.dag import DagNet
-from ahps_core.models.nb201 import TinyNetwork
+from ahps_core.models.nb201 import CELL_MODES, TinyNetwork
 from ahps_core.paths import raw_moments
 from ahps_core.scaling import default_base
 
@@ -39,6 +39,8 @@ def build_model(
     degree: str = "source",
     kernel_size: int | None = None,
     generator: torch.Generator | None = None,
+    cell: str = "pruned",
+    indegree: str = "live",
 ) -> nn.Module:
     """The network of ``graph`` (family ``mlp``, ``cnn`` or ``nb201``), initialized with ``init``.
 
@@ -48,7 +50,9 @@ def build_model(
     * ``kernel_size`` (``cnn`` only): overrides the kernel side of the stem and of every weight edge; by default
       the graph's weight-edge kernel (3 when the graph has no weight edge). The model's ``graph`` attribute
       carries the kernel actually used.
-    * ``init``/``degree``/``generator``: see :func:`ahps_core.init.initialize`.
+    * ``init``/``degree``/``indegree``/``generator``: see :func:`ahps_core.init.initialize`.
+    * ``cell`` (``nb201`` only): ``full`` (NB201's exact cell, every op built) or ``pruned`` (only the ops on
+      input->output paths, the default; :mod:`ahps_core.models.nb201`). mlp/cnn DAG networks are always pruned.
 
     Raises :class:`NoPathError` for a graph without an input->output path and :class:`ConfigError` for bad
     options.
@@ -63,6 +67,10 @@ def build_model(
         )
     raw_moments(graph)  # raises NoPathError (with its message) when no input->output path exists
     check_int("num_classes", num_classes, 1)
+    check_choice("cell", cell, CELL_MODES)
+    if cell != "pruned" and fam != "nb201":
+        raise ConfigError(f"cell {cell!r} applies to nb201 cells only: {fam} DAG networks build the ops on "
+                          "input->output paths (cell 'pruned')")
     shape = _check_shape(in_shape, fam)
     if fam == "nb201":
         if width is not None:
@@ -71,7 +79,7 @@ def build_model(
             raise ConfigError(f"kernel_size {kernel_size!r} does not apply to nb201 (its ops fix their kernels)")
         check_int("C", C, 1)
         check_int("N", N, 1)
-        model: nn.Module = TinyNetwork(graph, in_channels=shape[0], num_classes=num_classes, C=C, N=N)
+        model: nn.Module = TinyNetwork(graph, in_channels=shape[0], num_classes=num_classes, C=C, N=N, cell=cell)
     else:
         width = DEFAULT_WIDTH[fam] if width is None else check_int("width", width, 1)
         if fam == "mlp":
@@ -86,7 +94,7 @@ def build_model(
                 kernels = {e.kernel for e in graph.path_edges if e.op is Op.WEIGHT}
                 stem_kernel = max(kernels) if kernels else DEFAULT_KERNEL
         model = DagNet(graph, in_shape=shape, num_classes=num_classes, width=width, kernel_size=stem_kernel)
-    return initialize(model, init, degree=degree, generator=generator)
+    return initialize(model, init, degree=degree, indegree=indegree, generator=generator)
 
 
 def proxy_graph(family: str, *, kernel_size: int | None = None) -> ArchGraph:

@@ -31,16 +31,19 @@ from ahps_core.graph import ArchGraph, Op
 NodePlan = tuple[tuple[int, tuple[tuple[int, int], ...]], ...]
 
 
-def node_plan(graph: ArchGraph, layer_of_edge: dict[int, int]) -> NodePlan:
+def node_plan(graph: ArchGraph, layer_of_edge: dict[int, int], *, every_edge: bool = False) -> NodePlan:
     """The per-vertex summation plan over ``graph``'s input->output path edges, computed once at build time.
 
     ``layer_of_edge`` maps the index of each weight or pool edge in ``graph.edges`` to its module's index;
-    edges missing from it (skips) are identities.
+    edges missing from it (skips) are identities. ``every_edge``: plan every signal-carrying edge and every vertex
+    but the input instead (NB201's ``cell=full``); a vertex without one holds zeros, as NB201's ``none`` ops give.
     """
-    path = set(graph.path_edges)
+    keep = set(graph.signal_edges if every_edge else graph.path_edges)
     terms: dict[int, list[tuple[int, int]]] = {}
+    if every_edge:
+        terms = {v: [] for v in range(graph.num_nodes) if v != graph.input}
     for i, e in enumerate(graph.edges):
-        if e in path:
+        if e in keep:
             terms.setdefault(e.dst, []).append((e.src, layer_of_edge.get(i, -1)))
     return tuple((v, tuple(terms[v])) for v in graph.topological_order if v in terms)
 
@@ -57,12 +60,13 @@ def vertex_sum(*terms: torch.Tensor) -> torch.Tensor:
 
 
 def run_plan(plan: NodePlan, layers: nn.ModuleList, x: torch.Tensor, num_nodes: int, inp: int) -> list:
-    """Evaluate a :data:`NodePlan`: vertex ``inp`` holds ``x``; every planned vertex is the sum of its terms."""
+    """Evaluate a :data:`NodePlan`: vertex ``inp`` holds ``x``; every planned vertex is the sum of its terms (zeros
+    shaped like ``x`` for a vertex planned without any)."""
     nodes: list = [None] * num_nodes
     nodes[inp] = x
     for v, terms in plan:
         ys = [nodes[src] if li < 0 else layers[li](nodes[src]) for src, li in terms]
-        nodes[v] = ys[0] if len(ys) == 1 else vertex_sum(*ys)
+        nodes[v] = torch.zeros_like(x) if not ys else ys[0] if len(ys) == 1 else vertex_sum(*ys)
     return nodes
 
 

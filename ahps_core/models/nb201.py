@@ -14,11 +14,15 @@ Cell ops: ``nor_conv_kxk = ReLU -> Conv kxk (no bias, same padding) -> BN(affine
 ``none`` contributes nothing and is not computed (NB201 computes ``x.mul(0.)``). Node j is the sum over i < j of
 ``op_ij(node i)``, in source order; the cell's output is node 3.
 
-As for the DAG networks (:mod:`ahps_core.models.dag`), only ops on input->output paths of the cell are built:
-NB201 also evaluates ops out of nodes the cell input never reaches (they output a BN shift, a learnable
-constant that is 0 at init) and ops into nodes that never reach node 3 (they get no gradient). Parameter counts
-therefore equal the benchmark's records except for cells with convs off every input->output path (tested on
-NATS-Bench records in ``tests/test_models.py``).
+Cells (:data:`CELL_MODES`): ``cell="full"`` is NB201's exact network: every op of the cell is built and evaluated,
+also those off every input->output path -- ops out of nodes the cell input never reaches (a node whose inputs are
+all ``none`` holds zeros, so a conv out of it outputs its BN shift, a learnable constant that is 0 at init) and ops
+into nodes that never reach node 3 (they get no gradient). Its parameter counts equal the benchmark's records for
+every cell. ``cell="pruned"`` (the default of :func:`ahps_core.models.build_model`) builds, as for the DAG
+networks (:mod:`ahps_core.models.dag`), only the ops on input->output paths: the same output at init, but fewer
+parameters for cells with convs off every path (3,976 of NB201's 15,284 cells with a path; both tested against the
+NATS-Bench records in ``tests/test_models.py``). NB201's re-evaluation protocol uses ``full``
+(:mod:`ahps_core.protocol`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ahps_core.checks import check_choice
 from ahps_core.graph import ArchGraph, Op
 from ahps_core.models.dag import node_plan, run_plan
+
+#: ``full``: NB201's exact cell (every op built); ``pruned``: only the ops on input->output paths.
+CELL_MODES = ("full", "pruned")
 
 
 class ReLUConvBN(nn.Module):
@@ -69,16 +77,18 @@ class ResNetBasicblock(nn.Module):
 
 
 class InferCell(nn.Module):
-    """One NB201 cell over the 4-node ``graph``; ``layers[i]`` is the op of ``graph.edges[edge_index[i]]``."""
+    """One NB201 cell over the 4-node ``graph``; ``layers[i]`` is the op of ``graph.edges[edge_index[i]]``;
+    ``cell``: one of :data:`CELL_MODES` (module docstring)."""
 
-    def __init__(self, graph: ArchGraph, channels: int) -> None:
+    def __init__(self, graph: ArchGraph, channels: int, cell: str = "pruned") -> None:
         super().__init__()
+        full = check_choice("cell", cell, CELL_MODES) == "full"
         layers: list[nn.Module] = []
         edge_index = []
         layer_of_edge = {}
-        path = set(graph.path_edges)
+        built = set(graph.signal_edges if full else graph.path_edges)
         for i, e in enumerate(graph.edges):
-            if e not in path or e.op is Op.SKIP:
+            if e not in built or e.op is Op.SKIP:
                 continue
             layer_of_edge[i] = len(layers)
             edge_index.append(i)
@@ -89,7 +99,7 @@ class InferCell(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.edge_index: tuple[int, ...] = tuple(edge_index)
         self.out_dim = channels
-        self._plan = node_plan(graph, layer_of_edge)
+        self._plan = node_plan(graph, layer_of_edge, every_edge=full)
         self._num_nodes = graph.num_nodes
         self._input = graph.input
         self._output = graph.output
@@ -100,14 +110,17 @@ class InferCell(nn.Module):
 
 class TinyNetwork(nn.Module):
     """NB201's macro network with ``N`` cells per stage and ``C`` channels in the first stage (benchmark: C=16,
-    N=5). Returns the logits only (NB201's own returns ``(features, logits)``)."""
+    N=5), its cells built as ``cell`` says (:data:`CELL_MODES`). Returns the logits only (NB201's own returns
+    ``(features, logits)``)."""
 
-    def __init__(self, graph: ArchGraph, *, in_channels: int, num_classes: int, C: int = 16, N: int = 5) -> None:
+    def __init__(self, graph: ArchGraph, *, in_channels: int, num_classes: int, C: int = 16, N: int = 5,
+                 cell: str = "pruned") -> None:
         super().__init__()
         self.graph = graph
         self.family = "nb201"
         self.C = C
         self.N = N
+        self.cell = check_choice("cell", cell, CELL_MODES)
         self.num_classes = num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(C))
         channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
@@ -115,8 +128,7 @@ class TinyNetwork(nn.Module):
         cells: list[nn.Module] = []
         c_prev = C
         for c_curr, reduction in zip(channels, reductions, strict=True):
-            cell = ResNetBasicblock(c_prev, c_curr) if reduction else InferCell(graph, c_curr)
-            cells.append(cell)
+            cells.append(ResNetBasicblock(c_prev, c_curr) if reduction else InferCell(graph, c_curr, self.cell))
             c_prev = c_curr
         self.cells = nn.ModuleList(cells)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))

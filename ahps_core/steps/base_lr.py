@@ -19,11 +19,13 @@ LR_SEARCH_KEY = "lr-search"
 def base_lr_step(
     tr, parent, *, family: str, dataset: str, data_source: str, base_lr: float, lr_grid: Sequence[float],
     lr_seeds: int, width: int, out_dir: str, C: int = 0, N: int = 0, checksums_file: str = "", s3_endpoint: str = "",
+    split_file: str = "",
 ) -> dict[str, Any]:
     """The base LR: ``base_lr`` when > 0, else found on the proxy (``lr_grid``: empty = the default grid; ``C``/``N``
     size an nb201 proxy, 0 = the model's default; ``checksums_file``: md5s of dataset files without a known
-    checksum). Writes ``search.json`` (+ ``lr_curve.png``) to ``out_dir``, then logs the ``lr-search`` run and the
-    base LR on the parent run."""
+    checksum; ``split_file``: NB201's split file of the dataset; the probe budget is the family's,
+    :func:`ahps_core.presets.default_budget`). Writes ``search.json`` (+ ``lr_curve.png``) to ``out_dir``, then
+    logs the ``lr-search`` run and the base LR on the parent run."""
     from ahps_core.tracking import tracked_step
 
     out = Path(out_dir)
@@ -33,6 +35,13 @@ def base_lr_step(
                                 "seeds": int(lr_seeds), "width": int(width or 0)}
     if C or N:
         identity.update(C=int(C or 0), N=int(N or 0))
+    if not given > 0:  # a search: a family's own probe budget (nb201's) and the split are part of what it measured
+        from ahps_core.presets import FAMILY_BUDGETS
+
+        if family in FAMILY_BUDGETS:
+            identity["budget"] = FAMILY_BUDGETS[family].to_dict()
+        if split_file:
+            identity["split_file"] = split_file
     with tracked_step(tr, tr.key(LR_SEARCH_KEY), name="lr-search", kind="lr-search", identity=stable_hash(identity),
                       tags={"family": family, "dataset": dataset},
                       accept=lambda recorded: bool(recorded.get("base_lr"))) as run:
@@ -48,7 +57,7 @@ def base_lr_step(
         else:
             summary = _search(family=family, dataset=dataset, data_source=data_source, lr_grid=lr_grid,
                               lr_seeds=lr_seeds, width=width, C=C, N=N, checksums_file=checksums_file,
-                              s3_endpoint=s3_endpoint)
+                              s3_endpoint=s3_endpoint, split_file=split_file)
         summary.update(seconds=time.perf_counter() - t0, run_group=tr.run_group, reused=False)
         write_json(out / SEARCH_FILE, summary)
         plot = None
@@ -71,7 +80,7 @@ def base_lr_step(
 
 
 def _search(*, family: str, dataset: str, data_source: str, lr_grid: Sequence[float], lr_seeds: int, width: int,
-            C: int, N: int, checksums_file: str, s3_endpoint: str) -> dict[str, Any]:
+            C: int, N: int, checksums_file: str, s3_endpoint: str, split_file: str) -> dict[str, Any]:
     from ahps_core.lr_search import find_base_lr
     from ahps_core.presets import default_width
 
@@ -80,9 +89,9 @@ def _search(*, family: str, dataset: str, data_source: str, lr_grid: Sequence[fl
         extra["C"] = int(C)
     if N:
         extra["N"] = int(N)
-    if checksums_file:
+    if checksums_file or split_file:
         extra["data"] = load_training_data(dataset, data_source, checksums_file=checksums_file,
-                                           s3_endpoint=s3_endpoint)
+                                           s3_endpoint=s3_endpoint, split_file=split_file)
     result = find_base_lr(family, dataset, data_root=data_source or None, grid=list(lr_grid) or None,
                           seeds=list(range(int(lr_seeds))),
                           width=int(width) if width else default_width(family, dataset), **extra)

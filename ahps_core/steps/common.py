@@ -3,8 +3,9 @@ key and its parent run, the dataset a step trains on, and the assembly of one tr
 
 Arms (the word "recipe" in MLflow tags and run keys means the arm): **autoscaled** trains with the LR transferred
 from the proxy's base LR and the architecture-aware init; **fixed** trains every architecture with one LR and the
-family's default (PyTorch) init. The training *preset* (optimizer, schedule, batch: :mod:`ahps_core.presets`)
-is a different thing and applies to both arms.
+default (PyTorch) init: the family's fixed arm (:data:`ahps_core.protocol.FIXED_ARMS`: NB201's LR 0.1 for nb201,
+the base LR for mlp/cnn). The training *preset* (optimizer, schedule, batch: :mod:`ahps_core.presets`) is a
+different thing and applies to both arms.
 """
 
 from __future__ import annotations
@@ -89,15 +90,17 @@ def open_run_group(*, pipeline: str, tracking_uri: str, experiment: str, run_gro
 
 
 def load_training_data(dataset: str, data_source: str, *, checksums_file: str = "", eval_part: str = "",
-                       s3_endpoint: str = ""):
+                       s3_endpoint: str = "", split_file: str = ""):
     """The :class:`ahps_core.data.DatasetSplit` a step uses: ``dataset`` from ``data_source``, verified against
-    ``checksums_file`` when it applies there (:func:`ahps_core.data.checksums.load_checksums`), evaluated on
+    ``checksums_file`` when it applies there (:func:`ahps_core.data.checksums.load_checksums`), split by NB201's
+    ``split_file`` (a path or ``s3://``; empty: a seeded half, :mod:`ahps_core.data.datasets`), evaluated on
     ``eval_part`` (a part of the split; empty: the dataset's eval part)."""
     from ahps_core.data import load_dataset
     from ahps_core.data.checksums import load_checksums
 
     checksums = load_checksums(checksums_file, data_source=data_source) if checksums_file else None
-    data = load_dataset(dataset, data_source or None, checksums=checksums, endpoint_url=s3_endpoint or None)
+    data = load_dataset(dataset, data_source or None, checksums=checksums, endpoint_url=s3_endpoint or None,
+                        split_file=split_file or None)
     if eval_part and eval_part != data.eval_part:
         if eval_part not in data.parts:
             raise ConfigError(f"dataset {dataset} has no part {eval_part!r} to evaluate on: it has "
@@ -106,10 +109,24 @@ def load_training_data(dataset: str, data_source: str, *, checksums_file: str = 
     return data
 
 
+def data_info(data) -> dict[str, Any]:
+    """What a training was evaluated on, for its result: the split (a file's md5 and whether it is NB201's), the
+    evaluated part, its size and a hash of its indices where the split carved it."""
+    meta = data.metadata
+    info = {"dataset": data.name, "split": meta.get("split"), "eval_part": data.eval_part,
+            "eval_images": len(data.eval)}
+    for key in ("split_md5", "split_nb201", "split_verified"):
+        if key in meta:
+            info[key] = meta[key]
+    if data.eval_part in (meta.get("part_indices") or {}):
+        info["eval_indices"] = meta["part_indices"][data.eval_part]
+    return info
+
+
 def train_config(
     *, family: str, arch: str, dataset: str, data_source: str = "", epochs: int, lr: float, init: str, seed: int,
     train_recipe: str = "", batch_size: int = 0, width: int = 0, max_steps_per_epoch: int = 0, device: str = "auto",
-    C: int = 0, N: int = 0,
+    C: int = 0, N: int = 0, amp: str = "", cell: str = "", indegree: str = "",
 ):
     """The :class:`ahps_core.train.TrainConfig` of one training of a pipeline.
 
@@ -117,7 +134,8 @@ def train_config(
     (:func:`ahps_core.presets.default_preset`: NB201's recipe for ``nb201``, the reference experiments' plain SGD
     at the probe's batch and width for ``mlp``/``cnn``, so the transferred LR is used in the setting it was found
     in). ``0`` for batch_size/width/max_steps_per_epoch and the nb201 macro network's ``C``/``N``: the preset's
-    (TrainConfig's) value. Evaluation runs at least at the last epoch.
+    (TrainConfig's) value; empty ``amp``/``cell``/``indegree``: the preset's (TrainConfig's). Evaluation runs at
+    least at the last epoch.
     """
     from ahps_core.presets import default_preset, default_width, preset_values
     from ahps_core.train import TrainConfig
@@ -133,6 +151,9 @@ def train_config(
                         ("C", C), ("N", N)):
         if value:
             values[name] = int(value)
+    for name, text in (("amp", amp), ("cell", cell), ("indegree", indegree)):
+        if text:
+            values[name] = str(text)
     return TrainConfig.from_dict(values).validated()
 
 

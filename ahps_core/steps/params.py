@@ -37,7 +37,7 @@ def _seeds(seeds: Any) -> None:
 
 
 def _lrs(p: dict[str, Any], names: tuple[str, ...]) -> None:
-    meaning_of_zero = {"base_lr": "find it by the LR search", "fixed_lr": "the base LR"}
+    meaning_of_zero = {"base_lr": "find it by the LR search", "fixed_lr": "the family's fixed arm"}
     for name in names:
         if not p[name] >= 0 or p[name] == float("inf"):
             raise ConfigError(f"{name} {p[name]!r} must be a finite number >= 0 (0: {meaning_of_zero[name]})")
@@ -68,6 +68,28 @@ def check_cluster(p: dict[str, Any], *, local: bool) -> None:
         from ahps_core.data.s3 import parse_s3_uri
 
         parse_s3_uri(p["checkpoint_root"])
+
+
+def _split_file(p: dict[str, Any], *, local: bool) -> None:
+    """``split_file``: NB201's split file of the dataset (a path or ``s3://``), only for a dataset that has one."""
+    from ahps_core.data import DATASETS
+
+    split = p["split_file"]
+    if not split:
+        return
+    if DATASETS[p["dataset"]].split_keys is None:
+        raise ConfigError(f"dataset {p['dataset']} has no NB201 split file (it is evaluated on its own test set): "
+                          f"split_file must be empty (got {split!r})")
+    generated = p.get("checksums_file") is not None and generated_manifest(p) is not None
+    if split.startswith("s3://"):
+        from ahps_core.data.s3 import parse_s3_uri
+
+        parse_s3_uri(split)
+    elif generated and Path(split).expanduser().resolve().parent == Path(p["data_source"]).resolve():
+        return  # a split file of the generated data, written with it when missing
+    elif local and not Path(split).expanduser().is_file():
+        raise ConfigError(f"split_file {split!r} does not exist (NB201's split files: "
+                          "cifar-split.txt, cifar100-test-split.txt, imagenet-16-120-test-split.txt)")
 
 
 def _targets(p: dict[str, Any]) -> None:
@@ -128,6 +150,7 @@ def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
         raise ConfigError(f"dataset {p['dataset']} needs data_source: a directory or s3://bucket/prefix with its files")
     elif local and not p["data_source"].startswith("s3://") and not Path(p["data_source"]).exists():
         raise ConfigError(f"data_source {p['data_source']!r} does not exist")
+    _split_file(p, local=local)
     check_cluster(p, local=local)
     return p
 
@@ -194,8 +217,10 @@ def _reeval_benchmark(p: dict[str, Any], *, local: bool) -> None:
 def check_reevaluate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     """The ``reevaluate`` pipeline's parameters (see the module docstring); locally the benchmark is opened and
     the sample drawn, so a missing/wrong benchmark or a sample larger than its cells fails now."""
+    from ahps_core.models.nb201 import CELL_MODES
     from ahps_core.ranking import SELECT_BY
-    from ahps_core.scaling import CONVENTIONS, RULES
+    from ahps_core.runtime import AMP_MODES
+    from ahps_core.scaling import CONVENTIONS, INDEGREE_MODES, RULES
     from ahps_core.steps.reevaluate import DEDUP_RULES
 
     p = dict(params)
@@ -210,6 +235,9 @@ def check_reevaluate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     check_choice("device", p["device"], DEVICES)
     check_choice("dedup rule", p["dedup"], DEDUP_RULES)
     check_choice("select_by", p["select_by"], SELECT_BY)
+    check_choice("amp", p["amp"], AMP_MODES)
+    check_choice("cell", p["cell"], CELL_MODES)
+    check_choice("indegree", p["indegree"], INDEGREE_MODES)
     _minimums(p, {"sample_size": 1, "sample_seed": 0, "epochs": 1, "lr_seeds": 1, "C": 1, "N": 1, "batch_size": 0,
                   "max_steps_per_epoch": 0, "n_boot": 0})
     _seeds(p["seeds"])
@@ -221,5 +249,6 @@ def check_reevaluate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     _lrs(p, ("base_lr",))
     check_cluster(p, local=local)
     _reeval_data(p, local=local)
+    _split_file(p, local=local)
     _reeval_benchmark(p, local=local)
     return p

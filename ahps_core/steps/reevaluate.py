@@ -3,6 +3,10 @@ records (opening the run group) -> the base LR (:mod:`ahps_core.steps.base_lr`) 
 of every cell x seed -> train each with NB201's recipe (:mod:`ahps_core.steps.training`) -> rank against the
 benchmark: top-K% Kendall tau-b, Spearman, the benchmark's seed-noise floor, the mean accuracy delta, pairwise gaps.
 
+The run's deviations from NAS-Bench-201's protocol (:mod:`ahps_core.protocol`) are computed once, by the sample
+step, and travel with the sample: every MLflow run of the re-evaluation is tagged ``protocol`` (``nb201`` or
+``deviated``) and ``protocol_deviations``, and the summary and the report list them.
+
 Accuracies here are in points (%), as the benchmark reports them.
 """
 
@@ -12,11 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ahps_core.benchmarks import FIXTURE, benchmark_path, open_benchmark_records
+from ahps_core.benchmarks import benchmark_path, open_benchmark_records
 from ahps_core.checks import as_int
 from ahps_core.data.checksums import is_synthetic
 from ahps_core.errors import ConfigError
 from ahps_core.jsonio import jsonable, stable_hash, write_json
+from ahps_core.protocol import NB201_HEADLINE, budget_info, nb201_protocol, protocol_status, protocol_tags
 from ahps_core.reports import fmt, format_reevaluation_markdown, k_label, k_num
 from ahps_core.steps.base_lr import base_lr_step
 from ahps_core.steps.common import (
@@ -36,44 +41,14 @@ from ahps_core.steps.transfer import plan_step
 
 REEVAL_ARM = "autoscaled"
 RANKING_KEY = "ranking"
-#: NB201's own network and budget (Dong & Yang 2020): C=16 channels, N=5 cells per stage, 200 epochs, batch 256.
-NB201_BUDGET = {"C": 16, "N": 5, "epochs": 200, "batch_size": 256}
+#: The training preset of every re-evaluated cell: NB201's recipe (:func:`ahps_core.protocol.nb201_protocol`).
+REEVAL_RECIPE = nb201_protocol("cifar10").recipe
 #: Which part of our split holds the set the benchmark's headline accuracy is measured on
-#: (:data:`ahps_core.benchmarks.DATASETS`): the re-trained network is evaluated there.
-HEADLINE_PART = {"cifar10": "test", "cifar10-valid": "valid", "cifar100": "test", "ImageNet16-120": "test"}
+#: (:data:`ahps_core.protocol.NB201_HEADLINE`): the re-trained network is evaluated there.
+HEADLINE_PART = {dataset: part for dataset, (_, part) in NB201_HEADLINE.items()}
 DEDUP_RULES = ("function", "graph", "nb201", "none")
 #: Mean test-accuracy gains of Chen et al. (ICLR 2024, §4.3) over the NB201 tables, in points.
 PAPER_MEAN_GAIN = {"cifar10": 0.44, "cifar100": 1.24, "ImageNet16-120": 2.09}
-
-
-def budget_info(*, C: int, N: int, epochs: int, batch_size: int = 0, max_steps_per_epoch: int = 0,
-                synthetic: bool = False, benchmark: str = "") -> dict[str, Any]:
-    """Whether a re-evaluation runs NB201's network and budget (:data:`NB201_BUDGET`) on real data, and if not,
-    why: ``{"reduced": bool, "label": "nb201" | "reduced", "reasons": [...], "text": one line}``. A reduced run
-    is a smoke test of the pipeline, not a re-evaluation of the benchmark; every report and MLflow run says so."""
-    reasons = []
-    if int(C) != NB201_BUDGET["C"]:
-        reasons.append(f"C={int(C)} channels (NB201: 16)")
-    if int(N) != NB201_BUDGET["N"]:
-        reasons.append(f"N={int(N)} cells per stage (NB201: 5)")
-    if int(epochs) != NB201_BUDGET["epochs"]:
-        reasons.append(f"{int(epochs)} epoch{'s' if int(epochs) != 1 else ''} (NB201: 200)")
-    if batch_size and int(batch_size) != NB201_BUDGET["batch_size"]:
-        reasons.append(f"batch {int(batch_size)} (NB201: 256)")
-    if max_steps_per_epoch:
-        reasons.append(f"epochs truncated to {int(max_steps_per_epoch)} steps")
-    if synthetic:
-        reasons.append("synthetic data (generated in the dataset's format, not the real images)")
-    notes = []
-    if benchmark == FIXTURE:
-        notes.append("benchmark: the 3-architecture NATS-Bench fixture shipped with ahps: rank correlations exist "
-                     "only for top-K sets of 3 cells (K >= 67%) and are coarse (tau-b of 3 cells is -1, -1/3, "
-                     "1/3 or 1)")
-    reduced = bool(reasons)
-    text = ("REDUCED network/budget: " + "; ".join(reasons) + " -- a smoke test of the pipeline, NOT a "
-            "re-evaluation of NAS-Bench-201") if reduced else "NB201 network and budget (C=16, N=5, 200 epochs)"
-    return {"reduced": reduced, "label": "reduced" if reduced else "nb201", "reasons": reasons, "notes": notes,
-            "text": text}
 
 
 def sample_step(
@@ -81,13 +56,16 @@ def sample_step(
     sample_seed: int, stratify: bool, dedup: str, base_lr: float, lr_grid: Sequence[Any], lr_seeds: int, rule: str,
     convention: str, epochs: int, seeds: Sequence[Any], C: int, N: int, batch_size: int, max_steps_per_epoch: int,
     topk: Sequence[Any], n_boot: int, select_by: str, tracking_uri: str, experiment: str, run_group: str,
-    job_id: str = "", s3_endpoint: str = "", out_dir: str,
+    job_id: str = "", s3_endpoint: str = "", out_dir: str, split_file: str = "", amp: str = "off",
+    cell: str = "full", indegree: str = "all",
 ) -> dict[str, Any]:
     """Step 1: draw ``sample_size`` cells from the benchmark's records (:func:`ahps_core.sampling.sample_cells`,
     seeded, deduplicated under ``dedup`` unless ``"none"``, optionally stratified by benchmark accuracy), read each
     one's record on ``dataset`` (mean and per-seed accuracy, %), open the run group (the parent run holds the
-    pipeline's parameters; the budget is marked in its tags and description) and log the sample to it. Cells
-    without an input->output path and isomorphic duplicates are listed in ``skipped`` with their reasons. Writes
+    pipeline's parameters; the budget and the protocol's deviations are marked in its tags and description) and
+    log the sample to it. Cells without an input->output path and isomorphic duplicates are listed in ``skipped``
+    with their reasons. ``split_file`` (NB201's split file of the dataset) is read and verified here, and the run's
+    deviations from NAS-Bench-201's protocol computed (:func:`ahps_core.protocol.protocol_status`). Writes
     ``sample.json`` to ``out_dir`` before anything is logged."""
     from ahps_core.graph import nb201_code, parse_arch
     from ahps_core.tracking import check_tracking_uri
@@ -96,15 +74,20 @@ def sample_step(
     seeds, topk = [as_int(s, "seed") for s in seeds], [k_num(k) for k in topk]  # list items arrive as floats
     budget = budget_info(C=C, N=N, epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch,
                          synthetic=is_synthetic(checksums_file, data_source), benchmark=benchmark)
+    tracking_uri = check_tracking_uri(tracking_uri)  # up front: before anything is fetched
+    split = _read_split(dataset, split_file, checksums_file, data_source, s3_endpoint)
+    protocol = protocol_status(dataset, seeds=seeds, amp=amp, cell=cell, indegree=indegree, budget=budget,
+                               split=split)
     params = dict(family=family, benchmark=benchmark, dataset=dataset, data_source=data_source,
                   checksums_file=checksums_file, sample_size=sample_size, sample_seed=sample_seed, stratify=stratify,
                   dedup=dedup, base_lr_given=base_lr, lr_grid=list(lr_grid), lr_seeds=lr_seeds, rule=rule,
                   convention=convention, epochs=epochs, seeds=seeds, C=C, N=N, batch_size=batch_size,
                   max_steps_per_epoch=max_steps_per_epoch, topk=topk, n_boot=n_boot, select_by=select_by,
-                  run_group=group, budget=budget["label"], budget_reasons="; ".join(budget["reasons"]) or "none")
+                  run_group=group, budget=budget["label"], budget_reasons="; ".join(budget["reasons"]) or "none",
+                  split_file=split_file, amp=amp, cell=cell, indegree=indegree, protocol=protocol["label"],
+                  deviations=", ".join(protocol["names"]) or "none")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tracking_uri = check_tracking_uri(tracking_uri)  # up front: before anything is fetched
     if dedup not in DEDUP_RULES:
         raise ConfigError(f"unknown dedup rule {dedup!r}: accepted are {', '.join(DEDUP_RULES)}")
     records, sample, candidates = open_benchmark_records(
@@ -131,21 +114,24 @@ def sample_step(
         "sample_size": as_int(sample_size), "sample_seed": as_int(sample_seed), "stratify": bool(stratify),
         "dedup": dedup, "pool_size": sample.pool_size, "strata": sample.strata, "cells": cells,
         "skipped": no_path + sample.duplicates, "n_no_path": len(no_path), "n_duplicates": len(sample.duplicates),
-        "budget": dict(budget),
+        "budget": dict(budget), "protocol": protocol, "split": split,
     }
     write_json(out / SAMPLE_FILE, data)
     log("sample", f"{len(cells)} cells from {data['benchmark_path']} ({records.format}, {data['n_records']} of "
                   f"{records.space_size} architectures recorded; pool {sample.pool_size} after dedup {dedup!r}); "
                   f"skipped {len(no_path)} without a path, {len(sample.duplicates)} duplicates")
-    if budget.get("reduced"):
-        log("sample", budget["text"])
+    log("sample", f"protocol={protocol['label']}: {protocol['text']}")
+    for deviation in protocol["deviations"]:
+        log("sample", f"  {deviation['name']}: {deviation['text']}")
+    deviated = "".join(f"\n- {d['name']}: {d['text']}" for d in protocol["deviations"])
     note = (f"ahps reevaluate: NB201 cells on {dataset} trained with the NB201 recipe at their own "
-            f"(architecture-aware) LR and init, ranked against {data['benchmark_path']}.\n\n{budget.get('text', '')}")
+            f"(architecture-aware) LR and init, ranked against {data['benchmark_path']}.\n\n{budget.get('text', '')}"
+            f"\n\nprotocol={protocol['label']}: {protocol['text']}{deviated}")
     tr, parent = open_run_group(
         pipeline="reevaluate", tracking_uri=tracking_uri, experiment=experiment, run_group=group, step="sample",
         name=f"reevaluate nb201/{dataset}{' (reduced budget)' if budget.get('reduced') else ''} [{group}]",
         params=params, tags={"family": "nb201", "dataset": dataset, "budget": budget.get("label"),
-                             "mlflow.note.content": note},
+                             **protocol_tags(protocol), "mlflow.note.content": note},
     )
     tr.log_dict(parent.run_id, jsonable(data), "reevaluate/sample.json")
     tr.set_tags(parent.run_id, {"ahps.sampled": len(cells), "ahps.skipped_no_path": len(no_path),
@@ -153,59 +139,86 @@ def sample_step(
     return data
 
 
+def _read_split(dataset: str, split_file: str, checksums_file: str, data_source: str,
+                s3_endpoint: str) -> dict[str, Any] | None:
+    """The split file read and verified now (:func:`ahps_core.data.splits.read_split`), as the protocol needs it:
+    ``{"source", "md5", "nb201", "verified"}``; None without one."""
+    if not split_file:
+        return None
+    from ahps_core.data import DATASETS
+    from ahps_core.data.checksums import load_checksums
+    from ahps_core.data.splits import read_split
+
+    keys = DATASETS[dataset].split_keys
+    if keys is None:
+        raise ConfigError(f"dataset {dataset} has no NB201 split file (the benchmark evaluates its whole test "
+                          f"set): split_file must be empty (got {split_file!r})")
+    checksums = load_checksums(checksums_file, data_source=data_source) if checksums_file else None
+    split = read_split(split_file, dataset, keys, checksums=checksums, endpoint_url=s3_endpoint or None)
+    log("sample", f"split file {split.describe()}")
+    return {"source": split.source, "md5": split.md5, "nb201": split.nb201, "verified": split.verified}
+
+
 def reeval_base_lr_step(
     *, dataset: str, data_source: str, checksums_file: str, base_lr: float, lr_grid: Sequence[Any], lr_seeds: int,
     C: int, N: int, tracking_uri: str, experiment: str, run_group: str, s3_endpoint: str = "", out_dir: str,
+    split_file: str = "",
 ) -> dict[str, Any]:
-    """Step 2: the base LR, given (NB201 reference code: 0.46) or found on the nb201 proxy (``base_lr`` 0)."""
+    """Step 2: the base LR, given (NB201 reference code: 0.46) or found on the nb201 proxy (``base_lr`` 0) with
+    one epoch of NB201's recipe (:data:`ahps_core.presets.FAMILY_BUDGETS`)."""
     tr = tracker(tracking_uri, experiment, run_group)
     return base_lr_step(tr, tr.ensure_parent(), family="nb201", dataset=dataset, data_source=data_source,
                         base_lr=base_lr, lr_grid=[float(x) for x in lr_grid], lr_seeds=int(lr_seeds), width=0,
-                        out_dir=out_dir, C=int(C), N=int(N), checksums_file=checksums_file, s3_endpoint=s3_endpoint)
+                        out_dir=out_dir, C=int(C), N=int(N), checksums_file=checksums_file, s3_endpoint=s3_endpoint,
+                        split_file=split_file)
 
 
 def reeval_plan_step(
     *, sample: Mapping[str, Any], seeds: Sequence[Any], base_lr: float, rule: str, convention: str,
-    tracking_uri: str, experiment: str, run_group: str, out_dir: str,
+    tracking_uri: str, experiment: str, run_group: str, out_dir: str, N: int = 5,
 ) -> list[dict[str, Any]]:
-    """Step 3: the LR (transferred from ``base_lr``) and init of every sampled cell x seed, autoscaled arm only
-    (:func:`~ahps_core.steps.transfer.plan_step`), each item carrying the cell's benchmark accuracy and index
-    for its MLflow run."""
+    """Step 3: the LR (transferred from ``base_lr``; ``N``: cells per stage, for the ``wu`` unit) and init of every
+    sampled cell x seed, autoscaled arm only (:func:`~ahps_core.steps.transfer.plan_step`), each item carrying the
+    cell's benchmark accuracy and index and the run's protocol status for its MLflow run."""
     budget = sample.get("budget", {}).get("label", "")
+    protocol = protocol_tags(sample.get("protocol") or {})
     cells = {c["arch"]: {"benchmark_acc": c["benchmark_acc"], "benchmark_index": c["index"], "arch_code": c["code"],
-                         "budget": budget} for c in sample["cells"]}
+                         "budget": budget, **protocol} for c in sample["cells"]}
     return plan_step(
         family="nb201", targets=list(cells), seeds=seeds, base_lr=base_lr, fixed_lr=0.0, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=experiment, run_group=run_group,
-        out_dir=out_dir, arms=(REEVAL_ARM,), item_fields=cells,
+        out_dir=out_dir, arms=(REEVAL_ARM,), item_fields=cells, cells_per_stage=as_int(N, "N"),
     )
 
 
 def reeval_train_step(
     *, item: Mapping[str, Any], dataset: str, data_source: str, checksums_file: str, epochs: int, batch_size: int,
     C: int, N: int, max_steps_per_epoch: int, device: str, rule: str, convention: str, tracking_uri: str,
-    experiment: str, checkpoint_root: str, s3_endpoint: str, model_dir: str,
+    experiment: str, checkpoint_root: str, s3_endpoint: str, model_dir: str, split_file: str = "", amp: str = "off",
+    cell: str = "full", indegree: str = "all",
 ) -> dict[str, Any]:
-    """Step 4 (one per cell x seed): :func:`train_step` with NB201's recipe (``train_recipe="nb201"``) at the
-    item's LR and the architecture-aware init, evaluated on the part the benchmark reports
-    (:data:`HEADLINE_PART`); then the run's ``benchmark_acc`` (mean over the records' seeds), ``new_acc`` and
-    ``delta`` (points; a diverged run counts 0 %)."""
+    """Step 4 (one per cell x seed): :func:`train_step` with NB201's recipe (:data:`REEVAL_RECIPE`) at the item's LR
+    and the architecture-aware init (``cell``, ``indegree``, ``amp``: the protocol's unless changed), split by
+    ``split_file`` and evaluated on the part the benchmark reports (:data:`HEADLINE_PART`); then the run's
+    ``benchmark_acc`` (mean over the records' seeds), ``new_acc`` and ``delta`` (points; a diverged run counts 0 %)."""
     bench = float(item["benchmark_acc"])
     index = as_int(item["benchmark_index"], "benchmark_index")
     budget = str(item.get("budget") or "")
+    protocol = {k: str(item[k]) for k in ("protocol", "protocol_deviations") if item.get(k)}
 
     def versus_benchmark(result: Mapping[str, Any]) -> dict[str, float]:
         new = 100.0 * accuracy_of(result)
         return {"benchmark_acc": bench, "new_acc": new, "delta": new - bench}
 
     summary = train_step(
-        item=item, family="nb201", dataset=dataset, data_source=data_source, epochs=epochs, train_recipe="nb201",
-        batch_size=batch_size, width=0, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
-        convention=convention, tracking_uri=tracking_uri, experiment=experiment, run_group=str(item["run_group"]),
-        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model_dir, C=C, N=N,
-        checksums_file=checksums_file, eval_part=HEADLINE_PART.get(dataset, ""),
+        item=item, family="nb201", dataset=dataset, data_source=data_source, epochs=epochs,
+        train_recipe=REEVAL_RECIPE, batch_size=batch_size, width=0, max_steps_per_epoch=max_steps_per_epoch,
+        device=device, rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=experiment,
+        run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
+        model_dir=model_dir, C=C, N=N, checksums_file=checksums_file, eval_part=HEADLINE_PART.get(dataset, ""),
+        split_file=split_file, amp=amp, cell=cell, indegree=indegree,
         extra_tags={"pipeline": "reevaluate", "benchmark_index": index, "arch_code": item.get("arch_code", ""),
-                    **({"budget": budget} if budget else {})},
+                    **({"budget": budget} if budget else {}), **protocol},
         extra_params={"benchmark_index": index}, extra_metrics=versus_benchmark,
     )
     summary = {**summary, **versus_benchmark(summary), "benchmark_index": index,
@@ -286,7 +299,8 @@ def rank_step(
         "benchmark": sample.get("benchmark_path"), "benchmark_format": sample.get("benchmark_format"),
         "headline_set": sample.get("headline_set"), "eval_part": sample.get("eval_part"),
         "rule": plan.get("rule"), "convention": plan.get("convention"), "base_lr": plan.get("base_lr"),
-        "seeds": plan.get("seeds"), "budget": sample.get("budget", {}), "sample_size": sample.get("sample_size"),
+        "seeds": plan.get("seeds"), "budget": sample.get("budget", {}), "protocol": sample.get("protocol", {}),
+        "split": sample.get("split"), "sample_size": sample.get("sample_size"),
         "pool_size": sample.get("pool_size"), "rows": rows, "topk": main, "stats": stats, "plots": plots,
         "n_no_path": sample.get("n_no_path", 0), "n_duplicates": sample.get("n_duplicates", 0),
         "skipped_examples": list(sample.get("skipped", []))[:10] + list(plan.get("skipped", [])),
@@ -305,7 +319,8 @@ def rank_step(
                       identity=inputs, identity_tag=INPUTS_HASH_TAG,
                       tags={"family": "nb201", "dataset": dataset, "rule": plan.get("rule"),
                             "convention": plan.get("convention"), "select_by": select_by,
-                            "budget": budget.get("label", ""), "mlflow.note.content": budget.get("text", "")},
+                            "budget": budget.get("label", ""), **protocol_tags(sample.get("protocol") or {}),
+                            "mlflow.note.content": budget.get("text", "")},
                       params={"topk": [k_num(k) for k in ks], "n_boot": as_int(n_boot), "select_by": select_by,
                               "benchmark": sample.get("benchmark_path"), "n_archs": len(rows)}) as run:
         if run.reused:

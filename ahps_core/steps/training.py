@@ -19,14 +19,23 @@ from ahps_core.checks import as_int
 from ahps_core.errors import AhpsError
 from ahps_core.jsonio import write_json
 from ahps_core.reports import fmt
-from ahps_core.steps.common import INIT_OF_ARM, RESULT_FILE, load_training_data, log, train_config, tracker
+from ahps_core.steps.common import (
+    INIT_OF_ARM,
+    RESULT_FILE,
+    data_info,
+    load_training_data,
+    log,
+    tracker,
+    train_config,
+)
 
 
 def train_step(
     *, item: Mapping[str, Any], family: str, dataset: str, data_source: str, epochs: int, train_recipe: str,
     batch_size: int, width: int, max_steps_per_epoch: int, device: str, rule: str, convention: str,
     tracking_uri: str, experiment: str, run_group: str, checkpoint_root: str, s3_endpoint: str, model_dir: str,
-    C: int = 0, N: int = 0, checksums_file: str = "", eval_part: str = "",
+    C: int = 0, N: int = 0, checksums_file: str = "", eval_part: str = "", split_file: str = "", amp: str = "",
+    cell: str = "", indegree: str = "",
     extra_tags: Mapping[str, Any] | None = None, extra_params: Mapping[str, Any] | None = None,
     extra_metrics: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -35,8 +44,10 @@ def train_step(
 
     ``C``/``N``: the nb201 macro network (0: the default 16/5). ``checksums_file``: md5s of dataset files without
     a known checksum (generated data). ``eval_part``: the dataset part evaluated (default: the dataset's eval
-    part). ``extra_tags``/``extra_params`` are added to the MLflow run's; ``extra_metrics(summary)`` gives metrics
-    logged (and kept in the summary) once the training is done.
+    part). ``split_file``: NB201's split file of the dataset (path or ``s3://``; the summary's ``data`` records what
+    was evaluated). ``amp``/``cell``/``indegree``: training options (empty: the preset's). ``extra_tags``/
+    ``extra_params`` are added to the MLflow run's; ``extra_metrics(summary)`` gives metrics logged (and kept in the
+    summary) once the training is done.
     """
     from ahps_core.tracking import tracked_step
 
@@ -47,8 +58,9 @@ def train_step(
     config = train_config(family=family, arch=arch, dataset=dataset, data_source=data_source, epochs=as_int(epochs),
                           lr=lr, init=init, seed=seed, train_recipe=train_recipe, batch_size=as_int(batch_size),
                           width=as_int(width), max_steps_per_epoch=as_int(max_steps_per_epoch), device=device,
-                          C=as_int(C or 0), N=as_int(N or 0))
-    chash = config.hash({"eval_part": eval_part}) if eval_part else config.hash()
+                          C=as_int(C or 0), N=as_int(N or 0), amp=amp, cell=cell, indegree=indegree)
+    data_extra = {k: v for k, v in (("eval_part", eval_part), ("split_file", split_file)) if v}
+    chash = config.hash(data_extra) if data_extra else config.hash()
     tr = tracker(tracking_uri, experiment, run_group)
     label = f"{arch} {arm} seed {seed}"
     tags = {"recipe": arm, "family": family, "arch": arch, "dataset": dataset, "seed": seed, "rule": rule,
@@ -59,9 +71,12 @@ def train_step(
               "seed": seed, "recipe": arm, "arch": arch, "max_steps_per_epoch": config.max_steps_per_epoch,
               "train_recipe": train_recipe or _default_preset(family)}
     if family == "nb201":
-        params.update(C=config.C, N=config.N)
-    if eval_part:
-        params["eval_part"] = eval_part
+        params.update(C=config.C, N=config.N, cell=config.cell)
+    if config.indegree != "live":
+        params["indegree"] = config.indegree
+    if config.amp != "auto":
+        params["amp"] = config.amp
+    params.update(data_extra)
     params.update(dict(extra_params or {}))
     with tracked_step(tr, tr.key(arch, arm, seed), name=f"{arm} {arch} s{seed}", kind="train", identity=chash,
                       tags=tags, params=params) as run:
@@ -75,7 +90,7 @@ def train_step(
                      f"-> MLflow run {run.run_id}{' (resumed)' if run.resumed else ''}")
         summary = _train_and_log(run, config, item, label=label, arm=arm, chash=chash, model_path=model_path,
                                  checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, run_group=run_group,
-                                 data_args=(dataset, data_source, checksums_file, eval_part))
+                                 data_args=(dataset, data_source, checksums_file, eval_part, split_file))
         if extra_metrics is not None:
             extra = dict(extra_metrics(summary))
             run.log_metrics(extra)
@@ -105,7 +120,8 @@ def _checkpoint_sync(checkpoint_root: str, run_group: str, arch: str, arm: str, 
 
 
 def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str, chash: str, model_path: Path,
-                   checkpoint_root: str, s3_endpoint: str, run_group: str, data_args: tuple[str, str, str, str]):
+                   checkpoint_root: str, s3_endpoint: str, run_group: str,
+                   data_args: tuple[str, str, str, str, str]):
     from ahps_core.train import train
 
     sync, scratch = _checkpoint_sync(checkpoint_root, run_group, config.arch, arm, config.seed, s3_endpoint,
@@ -133,11 +149,11 @@ def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str
             log("train", f"{label}: epoch {epoch}/{config.epochs} loss {fmt(record.get('train_loss'))} "
                          f"eval acc {fmt(record.get('eval_acc'))}")
 
-    dataset, data_source, checksums_file, eval_part = data_args
+    dataset, data_source, checksums_file, eval_part, split_file = data_args
     data = None
-    if checksums_file or eval_part:
+    if checksums_file or eval_part or split_file:
         data = load_training_data(dataset, data_source, checksums_file=checksums_file, eval_part=eval_part,
-                                  s3_endpoint=s3_endpoint)
+                                  s3_endpoint=s3_endpoint, split_file=split_file)
     result = train(config.replace(checkpoint_dir=str(sync.local_dir)), data=data, callback=on_epoch, progress=False)
     sync.push()
     final = result.final or {}
@@ -148,9 +164,11 @@ def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str
         "eval_acc": final.get("eval_acc"), "eval_loss": final.get("eval_loss"), "train_loss": final.get("train_loss"),
         "train_acc": final.get("train_acc"), "epochs": config.epochs, "epochs_done": len(result.history),
         "resumed_from": result.resumed_from, "seconds": result.seconds, "images_per_s": result.images_per_s,
-        "num_params": result.num_params, "device": result.device, "config_hash": chash, "reused": False,
-        "mlflow_run_id": run.run_id, "checkpoint": sync.location,
+        "num_params": result.num_params, "device": result.device, "amp": result.amp, "config_hash": chash,
+        "reused": False, "mlflow_run_id": run.run_id, "checkpoint": sync.location,
     }
+    if data is not None:
+        summary["data"] = data_info(data)
     # 1. results to the output directory (the KFP artifact), 2. then to MLflow.
     write_json(model_path / RESULT_FILE, {**summary, "history": result.history, "config": result.config})
     if sync.local_dir != model_path / "checkpoint":

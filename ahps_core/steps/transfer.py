@@ -34,7 +34,7 @@ def find_base_lr_step(
     *, family: str, dataset: str, data_source: str, targets: Sequence[Any], seeds: Sequence[Any], epochs: int,
     rule: str, convention: str, base_lr: float, fixed_lr: float, lr_grid: Sequence[Any], lr_seeds: int,
     train_recipe: str, batch_size: int, width: int, tracking_uri: str, experiment: str, run_group: str,
-    job_id: str = "", s3_endpoint: str = "", out_dir: str,
+    job_id: str = "", s3_endpoint: str = "", out_dir: str, split_file: str = "",
 ) -> dict[str, Any]:
     """Step 1: open the run group (its parent run holds the pipeline's parameters), then the base LR
     (:func:`~ahps_core.steps.base_lr.base_lr_step`). Returns the search summary with the run group."""
@@ -43,33 +43,41 @@ def find_base_lr_step(
                   epochs=epochs, rule=rule, convention=convention, base_lr_given=base_lr, fixed_lr=fixed_lr,
                   lr_grid=list(lr_grid), lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size,
                   width=width, run_group=group)
+    if split_file:
+        params["split_file"] = split_file
     tr, parent = open_run_group(pipeline="transfer", tracking_uri=tracking_uri, experiment=experiment,
                                 run_group=group, name=f"transfer {family}/{dataset} [{group}]", params=params,
                                 tags={"family": family, "dataset": dataset}, step="find-base-lr")
     summary = base_lr_step(tr, parent, family=family, dataset=dataset, data_source=data_source, base_lr=base_lr,
                            lr_grid=[float(x) for x in lr_grid], lr_seeds=int(lr_seeds), width=int(width),
-                           out_dir=out_dir, s3_endpoint=s3_endpoint)
+                           out_dir=out_dir, s3_endpoint=s3_endpoint, split_file=split_file)
     return {**summary, "run_group": group}
 
 
 def plan_step(
     *, family: str, targets: Sequence[str], seeds: Sequence[Any], base_lr: float, fixed_lr: float, rule: str,
     convention: str, tracking_uri: str, experiment: str, run_group: str, out_dir: str, arms: Sequence[str] = ARMS,
-    item_fields: Mapping[str, Mapping[str, Any]] | None = None,
+    item_fields: Mapping[str, Mapping[str, Any]] | None = None, cells_per_stage: int = 5,
 ) -> list[dict[str, Any]]:
     """The LR + init plan of every target x arm x seed: the items of the training ParallelFor (``arms``: which of
     :data:`ARMS` to plan; the re-evaluation trains only ``autoscaled``; ``item_fields``: per target, more fields
-    for its items, e.g. the benchmark record of a re-evaluated cell).
+    for its items, e.g. the benchmark record of a re-evaluated cell). The fixed arm is the family's
+    (:func:`ahps_core.protocol.fixed_arm`: nb201 NB201's LR 0.1, mlp/cnn the base LR; PyTorch's default init)
+    unless ``fixed_lr`` > 0 gives its LR. ``cells_per_stage``: NB201's N, for the ``wu`` unit.
 
     Targets without an input->output path (or with a malformed spec) are skipped and recorded with their reason
     in ``plan.json``; the batch goes on. The plan is also logged to the parent run.
     """
     from ahps_core.graph import parse_arch
+    from ahps_core.protocol import fixed_arm
     from ahps_core.scaling import Transferer
 
     base_lr = float(base_lr)
-    fixed = float(fixed_lr) if fixed_lr and float(fixed_lr) > 0 else base_lr
-    transferer = Transferer(family, base_lr, rule=rule, convention=convention)
+    fixed_def = fixed_arm(family)
+    fixed = float(fixed_lr) if fixed_lr and float(fixed_lr) > 0 else fixed_def.lr_for(base_lr)
+    init_of = {**INIT_OF_ARM, "fixed": fixed_def.init}
+    transferer = Transferer(family, base_lr, rule=rule, convention=convention, cells_per_stage=int(cells_per_stage))
+    convention = transferer.convention
     seeds = [as_int(s, "seed") for s in seeds]
     planned, skipped, items = [], [], []
     for spec in map(str, targets):
@@ -84,7 +92,7 @@ def plan_step(
         log("transfer", f"{spec}: LR {t.lr:.6g} (x{t.ratio:.4g} of base {base_lr:.6g})"
                         + (f"; fixed LR {fixed:.6g}" if "fixed" in arms else ""))
         items += [{"arch": spec, "arm": arm, "seed": seed, "lr": t.lr if arm == "autoscaled" else fixed,
-                   "init": INIT_OF_ARM[arm], "base_lr": base_lr, "predicted_lr": t.lr, "ratio": t.ratio,
+                   "init": init_of[arm], "base_lr": base_lr, "predicted_lr": t.lr, "ratio": t.ratio,
                    "run_group": run_group, **(item_fields or {}).get(spec, {})} for arm in arms for seed in seeds]
     plan = {"family": family, "rule": rule, "convention": convention, "base_lr": base_lr, "fixed_lr": fixed,
             "seeds": seeds, "arms": list(arms), "targets": planned, "skipped": skipped, "items": items,
