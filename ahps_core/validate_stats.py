@@ -101,7 +101,7 @@ def fit_stats(
     if n >= 3 and n_boot:
         idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
         xb, yb = x[idx], y[idx]
-        out["pearson_ci"] = _ci(_pearson_rows(xb, yb))
+        out["pearson_ci"] = _ci(np.clip(_pearson_rows(xb, yb), -1.0, 1.0))
         out["slope_ci"] = _ci(_slope_rows(xb, yb))
     return out
 
@@ -167,7 +167,8 @@ def fit_under_seed_noise(
                   axis=1)  # [B, n]
     keep = np.isfinite(ys).all(axis=1)
     xb = np.broadcast_to(x, ys.shape)[keep]
-    return {"pearson_ci_seeds": _ci(_pearson_rows(xb, ys[keep])), "slope_ci_seeds": _ci(_slope_rows(xb, ys[keep]))}
+    return {"pearson_ci_seeds": _ci(np.clip(_pearson_rows(xb, ys[keep]), -1.0, 1.0)),
+            "slope_ci_seeds": _ci(_slope_rows(xb, ys[keep]))}
 
 
 def distinct_values(values: Sequence[float], *, tol: float = 1e-6) -> int:

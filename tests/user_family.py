@@ -51,3 +51,8 @@ def make_proxy() -> nn.Module:
 def make_for_blobs(name: str) -> nn.Module:
     """The same family for ``tests.user_data`` vectors (12 features, 3 classes)."""
     return Chain(int(name.removeprefix("depth")), d_in=12, width=16, classes=3)
+
+
+def make_wrong_classes(name: str) -> nn.Module:
+    """Digits' inputs, but 3 logits (a mismatch ahps reports before training)."""
+    return Chain(int(name.removeprefix("depth")), classes=3)

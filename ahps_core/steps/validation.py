@@ -72,21 +72,21 @@ def log_validation(report: Mapping[str, Any], tracking_uri: str, experiment: str
                    out_dir: str | Path | None = None) -> dict[str, Any]:
     """Log ``report`` (module docstring); returns ``{run_id, run_group, status}`` (``status`` ``logged`` or
     ``reused``)."""
-    from ahps_core.steps.common import open_run_group
-    from ahps_core.tracking import tracked_step
+    from ahps_core.steps.common import tracker
+    from ahps_core.tracking import check_tracking_uri, tracked_step
 
     params = identity(report)
     group = f"validate-{stable_hash(params, 12)}"
     what = report.get("model") or report.get("family")
-    tr, _ = open_run_group(pipeline="validate", tracking_uri=tracking_uri, experiment=experiment, run_group=group,
-                           name=f"validate {what} on {report.get('dataset')}", params=params,
-                           tags={"family": report.get("family"), "dataset": report.get("dataset")},
-                           step="validate")
+    tr = tracker(check_tracking_uri(tracking_uri), experiment, group)  # quiet: stdout may be the --json report
+    parent = tr.ensure_parent(name=f"validate {what} on {report.get('dataset')}", params=params,
+                     tags={"pipeline": "validate", "family": report.get("family"), "dataset": report.get("dataset")})
     results = stable_hash({"points": [c["points"] for c in report["comparisons"]], "base": report["base"]["lr"]})
     with tracked_step(tr, tr.key("validate"), name=f"validate {what}", kind="validate", identity=results,
                       tags={"family": report.get("family"), "dataset": report.get("dataset"),
                             "rule": report.get("rule"), "convention": report.get("convention")}) as run:
         if run.reused:
+            tr.finish(parent.run_id)
             return {"run_id": run.run_id, "run_group": group, "status": "reused"}
         run.log_metrics(metrics(report))
         run.log_dict(dict(report), "validate/validate.json")
@@ -100,6 +100,7 @@ def log_validation(report: Mapping[str, Any], tracking_uri: str, experiment: str
                 run.log_file(f, "validate")
         run.summary = {"run_group": group, "pearson_log": report.get("pearson_log"), "slope": report.get("slope"),
                        "n": report.get("n")}
+    tr.finish(parent.run_id)
     return {"run_id": run.run_id, "run_group": group, "status": "logged"}
 
 
