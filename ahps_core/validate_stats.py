@@ -31,8 +31,8 @@ from ahps_core.errors import ConfigError
 
 DEFAULT_BOOT = 2000
 CI_LEVEL = 0.95
-#: Default size of a validation sample: enough targets for r's CI to exclude 0 when the rule works.
-DEFAULT_SAMPLE = 16
+#: Default size of a validation sample: two topologies per (depth, paths) stratum of the 5-vertex DAGs.
+DEFAULT_SAMPLE = 32
 #: Number-of-paths bins of the stratified sample, by family (upper bounds, inclusive).
 PATH_BINS = {"mlp": (1, 2, 4, 8), "cnn": (1, 2, 4, 8), "nb201": (1, 2, 3, 4)}
 

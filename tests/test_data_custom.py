@@ -189,3 +189,29 @@ def test_npz_from_s3(files, tmp_path, monkeypatch):
         assert torch.equal(again.train.images, data.train.images) and cached[0].stat().st_mtime_ns == mtime
         with pytest.raises(DataError, match="S3 object not found"):
             load_dataset("npz:s3://mydata/sets/none.npz", cache_dir=tmp_path, endpoint_url=url)
+
+
+def test_user_data_as_the_pipelines_dataset(files, tmp_path, monkeypatch):
+    """The transfer pipeline's ``dataset`` parameter takes ``npz:PATH`` and ``module:function``; a relative path
+    is made absolute (the steps may run elsewhere) and the steps load it like any dataset."""
+    from ahps_core.steps.common import load_training_data
+    from ahps_core.steps.params import check_transfer
+    from pipelines import get_pipeline
+
+    base = get_pipeline("transfer").defaults()
+    monkeypatch.chdir(files["vectors"].parent)
+    p = check_transfer({**base, "dataset": "npz:vectors.npz"}, local=True)
+    assert p["dataset"] == f"npz:{files['vectors']}"
+    data = load_training_data(p["dataset"], p["data_source"])
+    assert data.metadata["kind"] == "vectors" and len(data.train) == 192
+    assert check_transfer({**base, "dataset": "tests.user_data:vectors"}, local=True)["dataset"] == \
+        "tests.user_data:vectors"
+    for change, message in [
+        ({"dataset": "npz:nope.npz"}, "file 'nope.npz' does not exist"),
+        ({"dataset": "npz:vectors.npz", "data_source": "/data"}, "data_source must be empty"),
+        ({"dataset": "tests.user_data:nothing"}, "has no attribute 'nothing'"),
+        ({"dataset": "mnist"}, "accepted are digits, cifar10, cifar10-valid, cifar100, ImageNet16-120, npz:PATH"),
+    ]:
+        with pytest.raises(ConfigError, match=None) as err:
+            check_transfer({**base, **change}, local=True)
+        assert message in str(err.value)

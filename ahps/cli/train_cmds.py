@@ -209,8 +209,8 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
 @click.option("--depths", default=None, help="Depth sweep: hidden layers of a plain chain, e.g. 1,2,4.")
 @click.option("--archs", default=None, help="Comma-separated specs of target architectures (names with --model).")
 @click.option("--sample", type=int, default=None,
-              help="N topologies of the family, stratified over depth and number of paths [default: 16 when no "
-                   "--depths/--archs].")
+              help="N topologies of the family, stratified over depth and number of paths [default: 32, two per "
+                   "stratum, when no --depths/--archs].")
 @click.option("--sampling", default="stratified", show_default=True, help="stratified or uniform (over DAG codes).")
 @click.option("--seed", "sample_seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--rule", "rules", default="sum-cubed", show_default=True,
