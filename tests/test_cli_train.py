@@ -40,6 +40,8 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     (["validate", "--family", "mlp", "--dataset", "digits", "--sample", "3", "--sampling", "lhs"],
      "unknown sampling 'lhs'"),
     (["find-lr", "--family", "mlp", "--dataset", "digits", "--arch", "2"], "--arch applies to --model"),
+    (["find-lr", "--model", "tests.user_family:make_proxy", "--dataset", "digits", "--width", "8"],
+     "--width 8 does not apply to --model"),
     (["find-lr", "--model", "tests.user_family:nope", "--dataset", "digits"], "has no attribute 'nope'"),
     (["train", "--model", "tests.user_family:make", "--arch", "wide3", "--dataset", "digits", "--lr", "0.1"],
      "calling make('wide3') failed: ValueError: unknown network 'wide3'"),

@@ -158,8 +158,9 @@ def test_find_lr_validate_and_train_on_user_data(files, tmp_path, capsys, datase
     assert rep["dataset"] == name and rep["base"]["lr"] == found["base_lr"]  # the same protocol on the proxy
     assert [p["arch"] for p in rep["points"]] == ["2", "2_02"]
 
-    code, out, _ = run(capsys, "train", "--family", family, "--arch", "2", "--dataset", name, "--recipe", "reference",
-                       "--lr", "0.1", "--epochs", "2", "--batch-size", "16", "--width", "8", "--device", "cpu", "--json")
+    code, out, _ = run(capsys, "train", "--family", family, "--arch", "2", "--dataset", name, "--recipe",
+                       "reference", "--lr", "0.1", "--epochs", "2", "--batch-size", "16", "--width", "8", "--device",
+                       "cpu", "--json")
     assert code == 0
     res = json.loads(out)
     assert res["status"] == "completed" and len(res["history"]) == 2 and res["config"]["dataset"] == name

@@ -18,7 +18,8 @@ def blobs(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (centres[y] + rng.normal(0, 1, size=(n, d))).astype(np.float32), y.astype(np.int64)
 
 
-def images(n: int, seed: int, *, layout: str = "NHWC", side: int = 8, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def images(n: int, seed: int, *, layout: str = "NHWC", side: int = 8,
+           channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``n`` uint8 images whose brightness pattern depends on the class."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, CLASSES, size=n)

@@ -115,7 +115,9 @@ def _family(family: str | None, model_ref: str | None) -> str:
     return check_family(family)
 
 
-def _user_models(model_ref: str | None, proxy: str | None):
+def _user_models(model_ref: str | None, proxy: str | None, width: int | None = None):
+    if model_ref is not None and width is not None:
+        raise ConfigError(f"--width {width} does not apply to --model: the factory builds the network")
     if model_ref is None:
         if proxy is not None:
             raise ConfigError("--proxy applies to --model (a built-in family's proxy is fixed)")
@@ -163,7 +165,7 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device)
-    models = _user_models(model_ref, None)
+    models = _user_models(model_ref, None, width)
     data = _load(dataset, data_root)
     if models is not None:
         from ahps_core.user_models import check_fits
@@ -241,7 +243,7 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sampling, sa
     from ahps_core.validate_stats import DEFAULT_SAMPLE
 
     family = _family(family, model_ref)
-    models = _user_models(model_ref, proxy)
+    models = _user_models(model_ref, proxy, width)
     if models is not None and (depths is not None or sample is not None or archs is None):
         raise ConfigError("with --model give the targets by name: --archs NAME,NAME,... (and --proxy NAME)")
     if depths is None and archs is None and sample is None:
@@ -367,7 +369,7 @@ def train_cmd(family, arch, model_ref, proxy, dataset, data_root, lr, base_lr, r
     from ahps_core.train import train
 
     family = _family(family, model_ref)
-    models = _user_models(model_ref, proxy)
+    models = _user_models(model_ref, proxy, width)
     if arch is None and models is None:
         raise ConfigError("missing --arch: the architecture spec to train (a DAG code, an NB201 cell, FAMILY:SPEC)")
     if (lr is None) == (base_lr is None):
