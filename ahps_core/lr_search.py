@@ -12,6 +12,10 @@ then every grid point within ``coarse_stride - 1`` steps of the best coarse poin
 points the full search would near the optimum, so it reaches the same answer (within one grid step when the
 curve is noisy) with about ``n / stride + 2 (stride - 1)`` instead of ``n`` LRs.
 
+Resolution (``resolution=N``): after the grid search, the intervals around the best LR are subdivided until the
+answer is known to 1/N decade (:func:`ahps_core.lr_refine.refine_bracket`, a bracketing search on the seed-mean
+criterion); the result's ``bracket`` says where the optimum lies and ``curve`` holds the added LRs too.
+
 The runs themselves are trained by :mod:`ahps_core.probe` (all runs of an MLP together, stacked).
 """
 
@@ -95,7 +99,9 @@ class LRPoint:
 class LRSearchResult:
     """The outcome of a search: ``best_lr`` (argmin of the mean criterion), the full ``grid``, the ``curve``
     of the evaluated points (ascending LR), and ``runs_used`` (trainings run = evaluated LRs x seeds).
-    ``at_edge`` warns that the best LR is the grid's smallest or largest point (widen the grid)."""
+    ``at_edge`` warns that the best LR is the grid's smallest or largest point (widen the grid). ``bracket``
+    (refined searches): the best LR's evaluated neighbours and the resolution in decades
+    (:class:`ahps_core.lr_refine.Bracket`); the best LR may then lie between grid points."""
 
     best_lr: float
     grid: list[float]
@@ -107,17 +113,21 @@ class LRSearchResult:
     at_edge: bool
     seconds: float
     label: str = ""
+    bracket: dict[str, Any] | None = None
 
     @property
     def best_index(self) -> int:
-        return self.grid.index(self.best_lr)
+        """The index of the best LR in ``grid`` (of the nearest grid LR when a refinement found an off-grid one)."""
+        if self.best_lr in self.grid:
+            return self.grid.index(self.best_lr)
+        return min(range(len(self.grid)), key=lambda i: abs(math.log(self.grid[i] / self.best_lr)))
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({
             "label": self.label, "best_lr": self.best_lr, "best_index": self.best_index, "grid": self.grid,
             "curve": [dataclasses.asdict(p) for p in self.curve], "runs_used": self.runs_used,
             "seeds": self.seeds, "budget": self.budget, "refined": self.refined, "at_edge": self.at_edge,
-            "seconds": self.seconds,
+            "seconds": self.seconds, "bracket": self.bracket,
         })
 
     @classmethod
@@ -126,7 +136,7 @@ class LRSearchResult:
         return cls(
             best_lr=d["best_lr"], grid=list(d["grid"]), curve=[LRPoint(**p) for p in d["curve"]],
             runs_used=d["runs_used"], seeds=list(d["seeds"]), budget=dict(d["budget"]), refined=d["refined"],
-            at_edge=d["at_edge"], seconds=d["seconds"], label=d.get("label", ""),
+            at_edge=d["at_edge"], seconds=d["seconds"], label=d.get("label", ""), bracket=d.get("bracket"),
         )
 
 
@@ -202,11 +212,13 @@ def find_max_lr(
     progress: bool | None = None,
     label: str = "",
     threads: int | None = None,
+    resolution: int | None = None,
 ) -> LRSearchResult:
     """The maximal LR of the network ``model_factory(seed)`` builds, on ``data`` (module docstring).
 
     ``data``: a loaded :class:`~ahps_core.data.DatasetSplit`. ``grid``: LRs (default :func:`default_grid`).
-    ``budget``: default :class:`ProbeBudget` (). Returns an :class:`LRSearchResult`.
+    ``budget``: default :class:`ProbeBudget` (). ``resolution``: refine around the optimum to 1/``resolution``
+    decade (None: the grid's own resolution). Returns an :class:`LRSearchResult`.
     """
     started = time.perf_counter()
     grid = check_grid(default_grid() if grid is None else grid)
@@ -224,6 +236,14 @@ def find_max_lr(
         return _points(lrs, seeds, crit)
 
     best, curve, at_edge = search_grid(grid, evaluate, refine=refine, coarse_stride=coarse_stride)
+    bracket = None
+    if resolution is not None:
+        from ahps_core.lr_refine import refine_bracket
+
+        refined, found = refine_bracket(curve, evaluate, points_per_decade=resolution)
+        curve = [p for p in refined if isinstance(p, LRPoint)]
+        if found is not None:
+            best, bracket = found.best, found.to_dict()
     if at_edge and len(grid) > 1:
         warnings.warn(
             f"{label or 'search'}: the best LR {best:.4g} is at the edge of the grid "
@@ -231,7 +251,7 @@ def find_max_lr(
         )
     return LRSearchResult(
         best_lr=best, grid=grid, curve=curve, runs_used=runs, seeds=list(seeds), budget=budget.to_dict(),
-        refined=refine, at_edge=at_edge, seconds=time.perf_counter() - started, label=label,
+        refined=refine, at_edge=at_edge, seconds=time.perf_counter() - started, label=label, bracket=bracket,
     )
 
 
@@ -255,10 +275,12 @@ def arch_factory(
     init: str = "arch-aware", degree: str = "source", kernel_size: int | None = None,
 ) -> ModelFactory:
     """``seed -> model`` of ``graph`` (:func:`ahps_core.models.build_model`) for ``data``'s shapes."""
+    from ahps_core.data.custom import check_data_family
     from ahps_core.models import build_model
 
     in_shape = input_shape(data)
     fam = graph.family
+    check_data_family(data, fam)
 
     def factory(seed: int) -> nn.Module:
         return build_model(
@@ -297,6 +319,7 @@ def find_base_lr(
     batched: str = "auto",
     progress: bool | None = None,
     threads: int | None = None,
+    resolution: int | None = None,
 ) -> LRSearchResult:
     """The base LR of ``family`` on ``dataset``: :func:`find_max_lr` on the family's proxy
     (:func:`ahps_core.models.build_proxy`). Defaults: :func:`default_budget` of the family and dataset (nb201:
@@ -317,5 +340,5 @@ def find_base_lr(
     factory = arch_factory(graph, data, width=width, C=C, N=N, init=init, kernel_size=kernel_size)
     return find_max_lr(
         factory, data, grid, seeds, budget, refine=refine, coarse_stride=coarse_stride, batched=batched,
-        progress=progress, label=f"{family}:{graph.spec}", threads=threads,
+        progress=progress, label=f"{family}:{graph.spec}", threads=threads, resolution=resolution,
     )

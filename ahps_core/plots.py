@@ -5,7 +5,8 @@ pyplot, so no global state and no backend switching) and saved as PNG by :func:`
 * :func:`plot_lr_curve`: the LR-search curve (mean final training loss vs LR, every seed, the best LR, the
   diverged LRs);
 * :func:`plot_pred_vs_measured`: predicted vs measured maximal LRs of ``ahps validate`` on log-log axes, one
-  panel per (rule, convention), with the identity line and the fitted line (like Fig. 2 of Chen et al. 2024);
+  panel per (rule, convention), with the identity line, the fitted line, each measurement's seed-bootstrap CI
+  and the proxy (like Fig. 2 of Chen et al. 2024);
 * :func:`plot_topk`, :func:`plot_gaps`, :func:`plot_scatter`: the rank statistics of :mod:`ahps_core.ranking`
   (top-K% rank correlations, pairwise-gap CDFs, new vs benchmark accuracy).
 """
@@ -102,6 +103,15 @@ def plot_pred_vs_measured(report: Mapping[str, Any], path: str | os.PathLike[str
         xs = [p["predicted_lr"] for p in comp["points"]]
         ys = [p["measured_lr"] for p in comp["points"]]
         ax.scatter(xs, ys, color="tab:blue", zorder=3)
+        bars = [(p["predicted_lr"], p["measured_lr"], p["measured_ci"]) for p in comp["points"] if p.get("measured_ci")]
+        if bars:  # the seed bootstrap's CI of each measured maximal LR
+            ax.errorbar([b[0] for b in bars], [b[1] for b in bars], fmt="none", ecolor="tab:blue", alpha=0.4,
+                        yerr=[[max(b[1] - b[2][0], 0) for b in bars], [max(b[2][1] - b[1], 0) for b in bars]])
+        base = report.get("base") or {}
+        if _finite(base.get("lr")):
+            ax.scatter([base["lr"]], [base["lr"]], marker="*", s=90, color="tab:green", zorder=4,
+                       label="proxy (base LR, not fitted)")
+            xs, ys = xs + [base["lr"]], ys + [base["lr"]]
         for p in comp["points"]:
             ax.annotate(p["arch"], (p["predicted_lr"], p["measured_lr"]), fontsize=6, alpha=0.7,
                         xytext=(3, 3), textcoords="offset points")
@@ -119,6 +129,9 @@ def plot_pred_vs_measured(report: Mapping[str, Any], path: str | os.PathLike[str
         ax.set_ylim(lo, hi)
         r = comp.get("pearson_log")
         r_text = f"r = {r:.3f}" if _finite(r) else "r undefined"
+        ci = comp.get("pearson_ci")
+        if _finite(r) and ci and all(_finite(v) for v in ci):
+            r_text += f" [{ci[0]:.2f}, {ci[1]:.2f}], n = {comp.get('n')}"
         ax.set_title(f"{comp['rule']} / {comp['convention']}: {r_text}", fontsize=9)
         ax.set_xlabel("predicted max LR (transferred)")
         ax.set_ylabel("measured max LR (grid search)")

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 SCHEDULES = ("cosine", "constant")
 INITS = ("arch-aware", "default")
 DEGREES = DEGREE_RULES
-FAMILIES = ("mlp", "cnn", "nb201")
+FAMILIES = ("mlp", "cnn", "nb201", "graph")  # graph: a caller-given model (its fx graph), ahps builds none
 
 #: Fields that do not change what a run computes (excluded from the configuration hash).
 _HASH_EXCLUDED = frozenset({"checkpoint_dir", "data_root", "divergence_check_every"})
@@ -281,9 +281,11 @@ def load_data(config: TrainConfig) -> DatasetSplit:
 
 def build_config_model(config: TrainConfig, data: DatasetSplit) -> nn.Module:
     """The model ``config`` describes (architecture, width, init), initialized from ``config.seed``."""
+    from ahps_core.data.custom import check_data_family
     from ahps_core.models import build_model
     from ahps_core.specs import parse_arch
 
+    check_data_family(data, config.family)
     graph = parse_arch(config.arch, config.family, kernel_size=config.kernel_size)
     if graph.family != config.family:
         raise ConfigError(f"architecture {config.arch!r} is a {graph.family} spec, but family is {config.family!r}")

@@ -31,7 +31,26 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     (["find-lr", "--family", "mlp", "--dataset", "digits", "--grid-min", "0"], "grid minimum 0.0"),
     (["find-lr", "--family", "mlp", "--dataset", "digits", "--grid", "0.1", "--grid-points", "3"], "either --grid"),
     (["find-lr", "--family", "mlp", "--dataset", "digits", "--seeds", "0"], "at least 1 seed"),
-    (["validate", "--family", "mlp", "--dataset", "digits"], "exactly one of"),
+    (["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1", "--sample", "4"], "exactly one of"),
+    (["validate", "--dataset", "digits", "--depths", "1"], "missing --family"),
+    (["validate", "--family", "mlp", "--model", "tests.user_family:make", "--dataset", "digits"], "not both"),
+    (["validate", "--model", "tests.user_family:make", "--dataset", "digits", "--sample", "3"], "by name: --archs"),
+    (["validate", "--model", "tests.user_family:make", "--dataset", "digits", "--archs", "depth2"], "--proxy NAME"),
+    (["validate", "--family", "mlp", "--dataset", "digits", "--archs", "2", "--proxy", "1"], "--proxy applies"),
+    (["validate", "--family", "mlp", "--dataset", "digits", "--sample", "3", "--sampling", "lhs"],
+     "unknown sampling 'lhs'"),
+    (["find-lr", "--family", "mlp", "--dataset", "digits", "--arch", "2"], "--arch applies to --model"),
+    (["find-lr", "--model", "tests.user_family:make_proxy", "--dataset", "digits", "--width", "8"],
+     "--width 8 does not apply to --model"),
+    (["find-lr", "--model", "tests.user_family:nope", "--dataset", "digits"], "has no attribute 'nope'"),
+    (["train", "--model", "tests.user_family:make", "--arch", "wide3", "--dataset", "digits", "--lr", "0.1"],
+     "calling make('wide3') failed: ValueError: unknown network 'wide3'"),
+    (["train", "--model", "tests.user_family:make_proxy", "--arch", "depth2", "--dataset", "digits", "--lr", "0.1"],
+     "takes no argument, so it cannot build the network 'depth2'"),
+    (["train", "--model", "tests.user_family:make_wrong_classes", "--arch", "depth2", "--dataset", "digits",
+      "--lr", "0.1"], "returns (2, 3) on digits inputs of shape (2, 1, 8, 8); expected logits of shape (2, 10)"),
+    (["train", "--model", "tests.user_family:make_for_blobs", "--arch", "depth2", "--dataset", "digits",
+      "--lr", "0.1"], "fails on digits inputs of shape (2, 1, 8, 8): RuntimeError: mat1 and mat2 shapes"),
     (["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,a"], "comma-separated integers"),
     (["validate", "--family", "mlp", "--dataset", "digits", "--depths", "1,2", "--rule", "cubic"],
      "unknown rule 'cubic'"),
@@ -91,8 +110,12 @@ def test_validate_json(capsys, tmp_path):
                        "--rule", "sum-cubed,effective-depth", "--out", str(tmp_path), "--json", *TINY)
     assert code == 0
     rep = json.loads(out)
-    assert {"pearson_log", "slope", "points"} <= set(rep) and len(rep["points"]) == 3
+    assert {"pearson_log", "pearson_ci", "p_value", "slope", "slope_ci", "points"} <= set(rep)
+    assert [p["arch"] for p in rep["points"]] == ["2", "2_02"]  # the proxy (depth 1) is reported, not fitted
+    assert [t["arch"] for t in rep["proxy_targets"]] == ["1"] and rep["proxy_targets"][0]["measured_lr"] == \
+        rep["base"]["lr"]
     assert len(rep["comparisons"]) == 2 and rep["plot"] and (tmp_path / "measurements.jsonl").exists()
+    assert rep["resolution"]["points_per_decade"] == 24 and rep["distinct_measured"] in (1, 2)
 
 
 def test_train_json_autoscaled_and_resume(capsys, tmp_path):

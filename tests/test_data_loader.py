@@ -201,10 +201,22 @@ def test_bad_arguments_are_config_errors(kwargs: dict, message: str) -> None:
 
 def test_bad_tensors_are_config_errors() -> None:
     images, labels = _data(20)
-    with pytest.raises(ConfigError, match="uint8"):
-        DeviceLoader(images.float(), labels, mean=MEAN, std=STD)
+    with pytest.raises(ConfigError, match="uint8 or float32"):
+        DeviceLoader(images.double(), labels, mean=MEAN, std=STD)
+    with pytest.raises(ConfigError, match="uint8 or float32"):
+        DeviceLoader(images[:, 0], labels, mean=MEAN, std=STD)
     with pytest.raises(ConfigError, match="labels must be"):
         DeviceLoader(images, labels[:5], mean=MEAN, std=STD)
+
+
+def test_float_images_are_taken_as_they_are() -> None:
+    """User data (ahps_core.data.custom) may hold float inputs: normalized, but not divided by 255."""
+    images, labels = _data(20)
+    as_uint8 = DeviceLoader(images, labels, batch_size=20, mean=MEAN, std=STD, shuffle=False)
+    as_float = DeviceLoader(images.float() / 255, labels, batch_size=20, mean=MEAN, std=STD, shuffle=False)
+    (xa, ya), = as_uint8.epoch(0)
+    (xb, yb), = as_float.epoch(0)
+    assert torch.allclose(xa, xb, atol=1e-5) and torch.equal(ya, yb)
 
 
 def test_dataset_split_loader_uses_its_metadata() -> None:

@@ -23,6 +23,8 @@ SCIENCE = [
     "ahps_core.presets", "ahps_core.train", "ahps_core.probe", "ahps_core.lr_search", "ahps_core.validate",
     "ahps_core.benchmarks", "ahps_core.sampling", "ahps_core.ranking", "ahps_core.plots", "ahps_core.protocol",
     "ahps_core.nb201_graph", "ahps_core.data.splits",
+    "ahps_core.lr_refine", "ahps_core.validate_stats", "ahps_core.validate_explain", "ahps_core.coord_check",
+    "ahps_core.user_models", "ahps_core.refs", "ahps_core.data.custom", "ahps_core.steps.validation",
     # plain-Python steps and reports: they reach MLflow only through ahps_core.tracking, when a step runs
     "ahps_core.steps.common", "ahps_core.steps.base_lr", "ahps_core.steps.training", "ahps_core.steps.transfer",
     "ahps_core.steps.reevaluate", "ahps_core.steps.params", "ahps_core.reports",

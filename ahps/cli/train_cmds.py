@@ -21,10 +21,19 @@ if TYPE_CHECKING:
     from ahps_core.data import DatasetSplit
     from ahps_core.presets import ProbeBudget
 
-family_opt = click.option("--family", required=True, help="Model family: mlp, cnn or nb201.")
+family_or_model_opt = click.option("--family", default=None, help="Model family: mlp, cnn or nb201 (not with --model).")
 dataset_opt = click.option(
-    "--dataset", required=True, help="digits, cifar10, cifar10-valid, cifar100 or ImageNet16-120.",
+    "--dataset", required=True,
+    help="digits, cifar10, cifar10-valid, cifar100, ImageNet16-120; or your own: npz:PATH (also npz:s3://...) "
+         "or module:function returning x_train, y_train, x_test, y_test.",
 )
+model_opt = click.option("--model", "model_ref", metavar="MODULE:FACTORY", default=None,
+                         help="Your own network: factory(name) (or factory()) returning a torch.nn.Module.")
+proxy_opt = click.option("--proxy", default=None, metavar="NAME|MODULE:FACTORY",
+                         help="With --model: the proxy the base LR is measured on (a name for the --model factory, "
+                              "or another factory).")
+resolution_opt = click.option("--resolution", type=int, default=None, metavar="N",
+                              help="Refine around the optimum to 1/N decade (bracketing search).")
 data_root_opt = click.option(
     "--data-root", default=None, help="Directory or s3://bucket/prefix holding the dataset files (not for digits).",
 )
@@ -98,6 +107,31 @@ def _load(dataset: str, data_root: str | None, split_file: str | None = None) ->
     return load_dataset(dataset, data_root, split_file=split_file)
 
 
+def _family(family: str | None, model_ref: str | None) -> str:
+    """The family of a command: ``--family`` (checked), or ``graph`` with ``--model`` (not both)."""
+    from ahps_core.lr_search import check_family
+
+    if model_ref is not None:
+        if family is not None:
+            raise ConfigError("give either --family (a built-in family) or --model (your own networks), not both")
+        return "graph"
+    if family is None:
+        raise ConfigError("missing --family: mlp, cnn or nb201 (or --model MODULE:FACTORY for your own networks)")
+    return check_family(family)
+
+
+def _user_models(model_ref: str | None, proxy: str | None, width: int | None = None):
+    if model_ref is not None and width is not None:
+        raise ConfigError(f"--width {width} does not apply to --model: the factory builds the network")
+    if model_ref is None:
+        if proxy is not None:
+            raise ConfigError("--proxy applies to --model (a built-in family's proxy is fixed)")
+        return None
+    from ahps_core.user_models import UserModels
+
+    return UserModels(model_ref, proxy=proxy)
+
+
 def _fmt(v: Any, spec: str = ".4g") -> str:
     """A table cell: ``-`` for None, non-finite floats as ``inf``/``-inf``/``nan`` (as in the JSON output)."""
     if v is None:
@@ -114,26 +148,43 @@ def _echo_json(payload: Any) -> None:
 
 
 @click.command("find-lr")
-@family_opt
+@family_or_model_opt
 @dataset_opt
 @data_root_opt
 @grid_options
 @probe_options
+@resolution_opt
+@model_opt
+@click.option("--arch", default=None, help="With --model: the name passed to the factory (default: factory()).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Save the curve as PNG.")
 @json_opt
 def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size,
-                max_steps, width, init, refine, device, threads, plot_path, as_json) -> None:
-    """Find the base (maximal) learning rate on the family's one-hidden-layer proxy."""
-    from ahps_core.lr_search import check_family, find_base_lr
+                max_steps, width, init, refine, device, threads, resolution, model_ref, arch, plot_path,
+                as_json) -> None:
+    """Find the base (maximal) learning rate on the family's one-hidden-layer proxy (or on --model)."""
+    from ahps_core.lr_search import find_base_lr, find_max_lr
 
-    check_family(family)
+    family = _family(family, model_ref)
+    if arch is not None and model_ref is None:
+        raise ConfigError("--arch applies to --model (the base LR of a built-in family is found on its proxy)")
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
+    models = _user_models(model_ref, None, width)
     data = _load(dataset, data_root)
-    result = find_base_lr(family, dataset, data=data, grid=grid, seeds=seed_list, budget=budget, width=width,
-                          init=init, refine=refine, threads=threads)
+    if models is not None:
+        from ahps_core.user_models import check_fits
+
+        label = f"{model_ref}" + (f" {arch!r}" if arch is not None else "")
+        check_fits(models.build(arch, 0), data, label)
+        result = find_max_lr(models.seeded(arch), data, grid, seed_list, budget, refine=refine, threads=threads,
+                             label=label, resolution=resolution)
+    else:
+        result = find_base_lr(family, dataset, data=data, grid=grid, seeds=seed_list, budget=budget, width=width,
+                              init=init, refine=refine, threads=threads, resolution=resolution)
     payload = {"family": family, "dataset": dataset, "base_lr": result.best_lr, **result.to_dict()}
+    if models is not None:
+        payload["model"], payload["arch"] = model_ref, arch
     if plot_path:
         from ahps_core.plots import plot_lr_curve
 
@@ -146,7 +197,10 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
         mark = " <- base LR" if p.lr == result.best_lr else ""
         click.echo(f"{p.lr:>10.4g} {_fmt(p.mean_loss):>10}  {' '.join(_fmt(v) for v in p.losses)}{mark}")
     edge = " (at the grid's edge: widen the grid)" if result.at_edge else ""
-    click.echo(f"base LR {result.best_lr:.4g} for {family} on {dataset}{edge}: {result.runs_used} runs of "
+    b = result.bracket or {}
+    inside = f" (optimum in [{b['lower']:.4g}, {b['upper']:.4g}])" if b.get("lower") and b.get("upper") else ""
+    what = model_ref if model_ref else family
+    click.echo(f"base LR {result.best_lr:.4g}{inside} for {what} on {dataset}{edge}: {result.runs_used} runs of "
                f"{len(result.grid)}-point grid x {len(result.seeds)} seeds, {result.seconds:.1f}s")
     if plot_path:
         click.echo(f"plot: {payload['plot']}")
@@ -156,12 +210,15 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
 
 
 @click.command("validate")
-@family_opt
+@family_or_model_opt
 @dataset_opt
 @data_root_opt
 @click.option("--depths", default=None, help="Depth sweep: hidden layers of a plain chain, e.g. 1,2,4.")
-@click.option("--archs", default=None, help="Comma-separated specs of target architectures.")
-@click.option("--sample", type=int, default=None, help="N random specs of the family.")
+@click.option("--archs", default=None, help="Comma-separated specs of target architectures (names with --model).")
+@click.option("--sample", type=int, default=None,
+              help="N topologies of the family, stratified over depth and number of paths [default: 32, two per "
+                   "stratum, when no --depths/--archs].")
+@click.option("--sampling", default="stratified", show_default=True, help="stratified or uniform (over DAG codes).")
 @click.option("--seed", "sample_seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--rule", "rules", default="sum-cubed", show_default=True,
               help="Comma-separated transfer rules: sum-cubed, effective-depth.")
@@ -172,22 +229,42 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
 @split_file_opt
 @grid_options
 @probe_options
+@click.option("--resolution", type=int, default=24, show_default=True, metavar="N",
+              help="Refine every measured maximal LR to 1/N decade (0: the grid's own resolution).")
+@click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples of the CIs.")
+@model_opt
+@proxy_opt
+@click.option("--check-init", is_flag=True, help="Also a coordinate check of the proxy and every target.")
+@click.option("--tracking-uri", default=None, help="Log the validation to this MLflow tracking URI.")
+@click.option("--experiment", default="ahps", show_default=True, help="MLflow experiment (with --tracking-uri).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="ahps_outputs/validate",
               show_default=True, help="Results (measurements.jsonl, validate.json, plot); a re-run resumes.")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @json_opt
-def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed, rules, conventions, kernel_size,
-                 split_file, grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size, max_steps, width,
-                 init, refine, device, threads, out_dir, plot, as_json) -> None:
+def validate_cmd(family, dataset, data_root, depths, archs, sample, sampling, sample_seed, rules, conventions,
+                 kernel_size, split_file, grid_min, grid_max, grid_points, grid_list, seeds, epochs, batch_size,
+                 max_steps, width, init, refine, device, threads, resolution, n_boot, model_ref, proxy, check_init,
+                 tracking_uri, experiment, out_dir, plot, as_json) -> None:
     """Predicted (transferred) vs measured maximal LRs over a set of target architectures."""
-    from ahps_core.lr_search import check_family
     from ahps_core.validate import parse_depths, resolve_targets, validate
+    from ahps_core.validate_stats import DEFAULT_SAMPLE
 
-    check_family(family)
+    family = _family(family, model_ref)
+    models = _user_models(model_ref, proxy, width)
+    if models is not None and (depths is not None or sample is not None or archs is None):
+        raise ConfigError("with --model give the targets by name: --archs NAME,NAME,... (and --proxy NAME)")
+    if depths is None and archs is None and sample is None:
+        sample = DEFAULT_SAMPLE
+    if tracking_uri is not None:
+        from ahps_core.tracking import check_tracking_uri
+
+        tracking_uri = check_tracking_uri(tracking_uri)  # fails now, before anything is trained
     targets = resolve_targets(
         family, depths=parse_depths(depths) if depths is not None else None,
-        archs=archs.split(",") if archs is not None else None, sample=sample, seed=sample_seed,
+        archs=archs.split(",") if archs is not None else None, sample=sample, seed=sample_seed, sampling=sampling,
     )
+    sampling_info = {"how": sampling if sample is not None else ("depths" if depths is not None else "archs"),
+                     "sample": sample, "seed": sample_seed if sample is not None else None, "targets": targets}
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
@@ -201,31 +278,67 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
         conventions=None if conventions is None else [c.strip() for c in conventions.split(",") if c.strip()],
         data=data, grid=grid,
         seeds=seed_list, budget=budget, width=width, kernel_size=kernel_size, init=init, refine=refine,
+        resolution=resolution or None, n_boot=n_boot, models=models, sampling=sampling_info,
         threads=threads, out_dir=out_dir, plot=plot, log=None if as_json else log,
     )
+    if check_init:
+        from ahps_core.coord_check import coord_checks
+
+        report["check_init"] = coord_checks(report, data, models=models, width=width, init=init,
+                                            kernel_size=kernel_size, out_dir=out_dir)
+    if tracking_uri is not None:
+        from ahps_core.steps.validation import log_validation
+
+        report["mlflow"] = log_validation(report, tracking_uri, experiment, out_dir=out_dir)
     if as_json:
         _echo_json(report)
         return
-    click.echo(f"base LR {report['base']['lr']:.4g} ({family}:{report['base']['arch']} on {dataset})")
-    click.echo(f"{'rule':<16} {'convention':<10} {'n':>3} {'pearson_log':>11} {'slope':>7}")
+    _print_validation(report, dataset)
+
+
+def _ci_text(ci: Any) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+
+
+def _print_validation(report: dict[str, Any], dataset: str) -> None:
+    base = report["base"]
+    click.echo(f"base LR {base['lr']:.4g} ({report['family']}:{base['arch']} on {dataset}); "
+               f"{report['distinct_measured']} distinct measured values over {report['n_targets']} targets, "
+               f"resolution {_fmt(report['resolution']['decades'], '.3g')} decade")
+    click.echo(f"{'rule':<16} {'convention':<10} {'n':>3} {'r':>6} {'95% CI':>14} {'p':>8} {'CI seeds':>14} "
+               f"{'slope':>6} {'95% CI':>14}")
     for c in report["comparisons"]:
-        click.echo(f"{c['rule']:<16} {c['convention']:<10} {c['n']:>3} {_fmt(c['pearson_log'], '.3f'):>11} "
-                   f"{_fmt(c['slope'], '.3f'):>7}")
-    click.echo(f"\n{'arch':<36} {'measured':>9} {'predicted':>9}   ({report['rule']}, {report['convention']})")
+        click.echo(f"{c['rule']:<16} {c['convention']:<10} {c['n']:>3} {_fmt(c['pearson_log'], '.3f'):>6} "
+                   f"{_ci_text(c['pearson_ci']):>14} {_fmt(c['p_value'], '.2g'):>8} "
+                   f"{_ci_text(c.get('pearson_ci_seeds')):>14} {_fmt(c['slope'], '.2f'):>6} "
+                   f"{_ci_text(c['slope_ci']):>14}")
+    click.echo(f"\n{'arch':<36} {'measured':>9} {'seed CI':>17} {'predicted':>9}   "
+               f"({report['rule']}, {report['convention']})")
     for p in report["points"]:
-        click.echo(f"{p['arch']:<36} {p['measured_lr']:>9.4g} {p['predicted_lr']:>9.4g}")
+        ci = p.get("measured_ci")
+        ci_text = f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "-"
+        click.echo(f"{p['arch']:<36} {p['measured_lr']:>9.4g} {ci_text:>17} {p['predicted_lr']:>9.4g}")
+    for t in report["proxy_targets"]:
+        click.echo(f"{t['arch']:<36} {t['measured_lr']:>9.4g} (the proxy: not fitted)")
     for s in report["skipped"]:
         click.echo(f"{s['arch']:<36} skipped: {s['reason']}")
     click.echo(f"\n{report['seconds']:.1f}s; results in {report['out_dir']}"
                + (f"; plot {report['plot']}" if report.get("plot") else ""))
+    if report.get("check_init"):
+        click.echo(f"coordinate check: {report['check_init']['plot']}")
+    if report.get("mlflow"):
+        click.echo(f"MLflow run {report['mlflow']['run_id']} ({report['mlflow']['status']})")
 
 
 # --- train ---------------------------------------------------------------------------------------------------
 
 
 @click.command("train")
-@family_opt
-@click.option("--arch", required=True, help="Architecture spec (DAG code, NB201 cell, FAMILY:SPEC).")
+@family_or_model_opt
+@click.option("--arch", default=None,
+              help="Architecture spec (DAG code, NB201 cell, FAMILY:SPEC); with --model the name for its factory.")
+@model_opt
+@proxy_opt
 @dataset_opt
 @data_root_opt
 @split_file_opt
@@ -263,32 +376,42 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
               help="Checkpoint every epoch here; a re-run with the same options resumes.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @json_opt
-def train_cmd(family, arch, dataset, data_root, split_file, lr, base_lr, rule, convention, recipe, epochs, batch_size,
-              momentum, weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size, init, degree, indegree,
-              cell, device, amp, max_steps, checkpoint_dir, progress, as_json) -> None:
-    """Train one architecture with a preset, at a fixed LR (the fixed recipe: PyTorch's default init) or an
-    autoscaled one (the arch-aware init)."""
-    from ahps_core.lr_search import check_family
+def train_cmd(family, arch, model_ref, proxy, dataset, data_root, split_file, lr, base_lr, rule, convention, recipe,
+              epochs, batch_size, momentum, weight_decay, warmup_epochs, schedule, seed, width, C, N, kernel_size,
+              init, degree, indegree, cell, device, amp, max_steps, checkpoint_dir, progress, as_json) -> None:
+    """Train one architecture (or your own --model) with a preset, at a fixed LR (the fixed recipe: PyTorch's
+    default init) or an autoscaled one (the arch-aware init)."""
     from ahps_core.presets import recipe_config
     from ahps_core.protocol import fixed_arm
     from ahps_core.specs import parse_arch
     from ahps_core.train import train
 
-    check_family(family)
+    family = _family(family, model_ref)
+    models = _user_models(model_ref, proxy, width)
+    if arch is None and models is None:
+        raise ConfigError("missing --arch: the architecture spec to train (a DAG code, an NB201 cell, FAMILY:SPEC)")
     if (lr is None) == (base_lr is None):
         raise ConfigError("give exactly one of --lr (fixed) or --base-lr (autoscaled to the architecture)")
-    if init is None:
+    if init is None and models is None:
         init = fixed_arm(family).init if lr is not None else "arch-aware"
     transfer = None
     if base_lr is not None:
         from ahps_core.scaling import Transferer
 
         check_lr(base_lr, "base learning rate")
-        graph = parse_arch(arch, family, kernel_size=kernel_size)
+        if models is not None:
+            graph, base = models.graph(arch), models.proxy_graph() if proxy is not None else None
+        else:
+            graph, base = parse_arch(arch, family, kernel_size=kernel_size), None
         transfer = Transferer(family, base_lr, rule=rule, convention=convention, kernel_size=kernel_size,
-                              cells_per_stage=N)(graph)
+                              base=base, cells_per_stage=N)(graph)
         lr = transfer.lr
     check_lr(lr)
+    model = None
+    if models is not None:
+        model = models.build(arch, seed)
+        init = "default"  # the factory's own initialization (recorded so)
+        arch = arch if arch is not None else model_ref
     config = recipe_config(
         recipe, family=family, arch=arch, dataset=dataset, data_root=data_root, lr=lr, epochs=epochs,
         batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
@@ -300,6 +423,10 @@ def train_cmd(family, arch, dataset, data_root, split_file, lr, base_lr, rule, c
         config = config.replace(nesterov=False)
     config.validated()
     data = _load(dataset, data_root, split_file)
+    if model is not None:
+        from ahps_core.user_models import check_fits
+
+        check_fits(model, data, f"{model_ref} {arch!r}")
     if not as_json:
         src = f" (autoscaled from base LR {base_lr:g}, {rule}/{transfer.convention})" if transfer else " (fixed)"
         click.echo(f"training {family}:{arch} on {dataset}, lr {lr:.4g}{src}, init {config.init}, recipe {recipe}, "
@@ -312,7 +439,7 @@ def train_cmd(family, arch, dataset, data_root, split_file, lr, base_lr, rule, c
                    f"{_fmt(rec['eval_loss']):>9} {_fmt(rec['eval_acc'], '.4f'):>8} {rec['lr']:>9.3g} "
                    f"{rec['seconds']:>6.1f}")
 
-    result = train(config, data=data, progress=progress, callback=None if as_json else show)
+    result = train(config, model=model, data=data, progress=progress, callback=None if as_json else show)
     payload = result.to_dict()
     if transfer is not None:
         payload["transfer"] = transfer.to_dict()

@@ -210,7 +210,8 @@ def load_dataset(
     """Load dataset ``name`` (one of :data:`DATASETS`) with its NB201 split.
 
     Args:
-        name: ``digits``, ``cifar10``, ``cifar10-valid``, ``cifar100`` or ``ImageNet16-120``.
+        name: ``digits``, ``cifar10``, ``cifar10-valid``, ``cifar100`` or ``ImageNet16-120``; or a user dataset,
+            ``npz:PATH`` (``npz:s3://bucket/key.npz``) or ``module:function`` (:mod:`ahps_core.data.custom`).
         root: local directory or ``s3://bucket/prefix`` holding the files (CIFAR: ``cifar-10-batches-py/`` or
             ``cifar-10-python.tar.gz``, likewise for CIFAR-100; ImageNet16: the batch files themselves).
             ``digits`` takes none.
@@ -223,8 +224,13 @@ def load_dataset(
             ``.tar.gz`` is extracted (default: next to it, in ``root``).
         endpoint_url: S3 endpoint; default: ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, then AWS.
     """
+    from ahps_core.data.custom import is_custom, load_custom
+
+    if is_custom(name):  # npz:PATH or module:function (ahps_core.data.custom)
+        return load_custom(name, root, cache_dir=cache_dir, endpoint_url=endpoint_url)
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}, npz:PATH or "
+                          "module:function")
     spec = DATASETS[name]
     if split_file is not None and spec.split_keys is None:
         raise ConfigError(f"dataset {name} has no NB201 split file; split_file must not be given")

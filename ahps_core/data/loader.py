@@ -40,7 +40,8 @@ class DeviceLoader:
     """Iterate over ``(images, labels)`` in normalized float batches, entirely on ``device``.
 
     Args:
-        images: uint8 ``[N, C, H, W]`` tensor (any device; copied to ``device`` once).
+        images: uint8 ``[N, C, H, W]`` tensor (any device; copied to ``device`` once), or float32 (user data,
+            :mod:`ahps_core.data.custom`: taken as it is, not divided by 255).
         labels: integer ``[N]`` tensor.
         batch_size: images per batch.
         device: where the data lives and batches are produced.
@@ -73,8 +74,10 @@ class DeviceLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ConfigError(f"images must be a uint8 [N, C, H, W] tensor, got {images.dtype} {tuple(images.shape)}")
+        if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4:
+            raise ConfigError(
+                f"images must be a uint8 or float32 [N, C, H, W] tensor, got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
             raise ConfigError(
                 f"labels must be an integer [N] tensor with N={images.shape[0]}, "
@@ -105,6 +108,7 @@ class DeviceLoader:
         self.seed = seed
         self.channels_last = channels_last
         self.dtype = dtype
+        self._scale = 255.0 if images.dtype == torch.uint8 else 1.0  # uint8 pixels to [0, 1]; floats as they are
         self.height, self.width = int(images.shape[2]), int(images.shape[3])
         p = self.crop_pad
         # Zero padding once for the whole split instead of per batch: a batch is then a single gather.
@@ -141,7 +145,10 @@ class DeviceLoader:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
             else:
                 pixels = self._crop(index, crops[0][window], crops[1][window])
-            batch = pixels.to(torch.float32).div_(255).sub_(self._mean).div_(self._std)
+            batch = pixels.to(torch.float32)
+            if self._scale != 1.0:
+                batch = batch.div_(self._scale)
+            batch = batch.sub_(self._mean).div_(self._std)
             yield (batch if self.dtype == torch.float32 else batch.to(self.dtype)), self._labels[index]
 
     def _draw(self, epoch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:

@@ -38,11 +38,8 @@ blocks, unlike the reference's per-cell ``nb201`` convention.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import operator
-import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard, cast
 
@@ -105,30 +102,21 @@ def extract_graph(module: nn.Module, *, name: str | None = None) -> ArchGraph:
     return _Builder(module, spec).build(fx_graph)
 
 
-def load_model_factory(ref: str) -> nn.Module:
-    """Import ``package.module`` of ``ref = "package.module:factory"`` and return ``factory()``, which must be an
-    ``nn.Module``. ``factory`` may be a dotted attribute path (``module:Class.build``). Modules are looked up on
-    ``sys.path`` and then in the current directory. Every bad ref is a :class:`ConfigError`."""
-    if not isinstance(ref, str) or ref.count(":") != 1:
-        raise ConfigError(f"model reference {ref!r} must look like 'package.module:factory' (one colon)")
-    mod_name, attr_path = (part.strip() for part in ref.split(":"))
-    if not mod_name or not attr_path:
-        raise ConfigError(f"model reference {ref!r} must look like 'package.module:factory' (both parts non-empty)")
-    mod = _import(mod_name, ref)
-    obj: Any = mod
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"model reference {ref!r}: {mod_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"model reference {ref!r}: {attr_path!r} is a {type(obj).__name__}, not callable")
-    try:
-        model = obj()
-    except Exception as exc:  # any failure in user code becomes a one-line config error
-        raise ConfigError(f"model reference {ref!r}: calling {attr_path}() failed: {_one_line(exc)}") from exc
+def load_model_factory(ref: str, *args: Any) -> nn.Module:
+    """Import ``package.module`` of ``ref = "package.module:factory"`` and return ``factory(*args)``, which must be
+    an ``nn.Module``. ``factory`` may be a dotted attribute path (``module:Class.build``). Modules are looked up on
+    ``sys.path`` and then in the current directory (:mod:`ahps_core.refs`). Every bad ref is a
+    :class:`ConfigError`."""
+    from ahps_core.refs import call_ref, load_ref, split_ref
+
+    what = "model reference"
+    factory = load_ref(ref, what)
+    model = call_ref(factory, ref, what, *args)
     if not isinstance(model, nn.Module):
+        _, attr_path = split_ref(ref, what)
+        shown = ", ".join(repr(a) for a in args)
         raise ConfigError(
-            f"model reference {ref!r}: {attr_path}() returned a {type(model).__name__}, expected a torch.nn.Module"
+            f"{what} {ref!r}: {attr_path}({shown}) returned a {type(model).__name__}, expected a torch.nn.Module"
         )
     return model
 
@@ -137,33 +125,9 @@ def load_model_factory(ref: str) -> nn.Module:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    from ahps_core.refs import one_line
 
-
-def _import(mod_name: str, ref: str) -> Any:
-    def missing(exc: ModuleNotFoundError) -> bool:  # the module itself (or a parent package) is missing
-        return exc.name is not None and (mod_name == exc.name or mod_name.startswith(exc.name + "."))
-
-    try:
-        try:
-            return importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            cwd = os.getcwd()
-            if not missing(exc) or cwd in sys.path:
-                raise
-            sys.path.insert(0, cwd)
-            try:
-                return importlib.import_module(mod_name)
-            finally:
-                sys.path.remove(cwd)
-    except ModuleNotFoundError as exc:
-        if missing(exc):
-            raise ConfigError(f"model reference {ref!r}: module {mod_name!r} not found") from exc
-        raise ConfigError(f"model reference {ref!r}: importing {mod_name!r} failed: {_one_line(exc)}") from exc
-    except Exception as exc:  # errors raised by the user's module at import time
-        raise ConfigError(f"model reference {ref!r}: importing {mod_name!r} failed: {_one_line(exc)}") from exc
+    return one_line(exc)
 
 
 def _trace(module: nn.Module, spec: str) -> torch.fx.Graph:

@@ -123,6 +123,30 @@ def _targets(p: dict[str, Any]) -> None:
         raise ConfigError(f"no target of {targets!r} has an input->output path: nothing can be trained")
 
 
+def _custom_dataset(p: dict[str, Any], *, local: bool) -> bool:
+    """Whether ``dataset`` is a user dataset (``npz:PATH``, ``module:function``; :mod:`ahps_core.data.custom`):
+    then ``data_source`` must be empty, and for ``ahps run`` a local file must exist and a function import."""
+    from ahps_core.data.custom import NPZ_PREFIX, is_custom
+
+    name = p["dataset"]
+    if not is_custom(name):
+        return False
+    if p["data_source"]:
+        raise ConfigError(f"dataset {name} names its own data: data_source must be empty (got {p['data_source']!r})")
+    if local and name.startswith(NPZ_PREFIX):
+        where = name[len(NPZ_PREFIX):]
+        if not where.startswith("s3://"):
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"dataset {name}: file {where!r} does not exist")
+            p["dataset"] = NPZ_PREFIX + str(path.resolve())  # the steps may run in another directory
+    elif local:
+        from ahps_core.refs import load_ref
+
+        load_ref(name, "dataset reference")
+    return True
+
+
 def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     """The ``transfer`` pipeline's parameters (see the module docstring)."""
     from ahps_core.data import DATASETS
@@ -132,7 +156,9 @@ def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     p = dict(params)
     p["family"] = FAMILY_ALIASES.get(str(p["family"]).lower(), p["family"])
     check_choice("family", p["family"], ("mlp", "cnn", "nb201"))
-    check_choice("dataset", p["dataset"], DATASETS)
+    custom = _custom_dataset(p, local=local)
+    if not custom:
+        check_choice("dataset", p["dataset"], [*DATASETS, "npz:PATH", "module:function"])
     check_choice("rule", p["rule"], RULES)
     check_choice("convention", p["convention"], CONVENTIONS)
     check_choice("device", p["device"], DEVICES)
@@ -142,7 +168,9 @@ def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     _lrs(p, ("base_lr", "fixed_lr"))
     if p["train_recipe"]:
         check_choice("train_recipe", p["train_recipe"], PRESETS)
-    if p["dataset"] == "digits":
+    if custom:
+        pass  # checked by _custom_dataset
+    elif p["dataset"] == "digits":
         if p["data_source"]:
             raise ConfigError(f"dataset digits ships with scikit-learn: data_source must be empty (got "
                               f"{p['data_source']!r})")
