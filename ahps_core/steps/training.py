@@ -160,7 +160,7 @@ def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str
     # 1. results to the output directory (the KFP artifact), 2. then to MLflow.
     write_json(model_path / RESULT_FILE, {**summary, "history": result.history, "config": result.config})
     if sync.local_dir != model_path / "checkpoint":
-        for name in ("checkpoint.pt", RESULT_FILE):
+        for name in ("checkpoint.json", "checkpoint.pt", RESULT_FILE):
             src = sync.local_dir / name
             if src.is_file():
                 (model_path / "checkpoint").mkdir(exist_ok=True)
