@@ -344,9 +344,14 @@ class Tracker:
 
     @property
     def parent_id(self) -> str:
+        """The group's parent run (looked up, or created, on first use)."""
         if self._parent_id is None:
             self._parent_id = self.ensure_parent().run_id
         return self._parent_id
+
+    @parent_id.setter
+    def parent_id(self, run_id: str) -> None:
+        self._parent_id = run_id
 
     def create_child(self, run_key: str, *, name: str, kind: str = "", tags: Mapping[str, Any] | None = None,
                      config_hash: str | None = None, parent_id: str | None = None) -> RunRef:

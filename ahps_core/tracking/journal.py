@@ -188,7 +188,11 @@ def _replay_file(tr: Tracker, records: list[dict[str, Any]]) -> tuple[int, int, 
 
 def _resolve(tr: Tracker, rec: dict[str, Any], ids: dict[str, str]) -> str:
     """The real run of a ``create`` record (module docstring); :data:`_SKIP` when its key is already complete."""
-    if rec.get("kind") == "parent":
+    if rec.get("kind") == "parent":  # the group's parent when it exists (as it is), else created as journaled
+        found = tr.find_parent()
+        if found is not None:
+            tr.parent_id = found.run_id
+            return found.run_id
         return tr.ensure_parent(name=rec.get("name"), params=rec.get("params") or None,
                                 tags=rec.get("tags") or None).run_id
     key = str(rec["key"])
