@@ -58,6 +58,8 @@ def check_writable_dir(directory: str | os.PathLike[str], what: str = "output di
         with open(probe, "wb"):
             pass
         os.unlink(probe)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path!r} cannot be written: it, or a parent, is a file, not a directory") from None
     except OSError as exc:
         raise ConfigError(f"{what} {path!r} cannot be written: {exc.strerror or exc}") from None
     return path

@@ -87,6 +87,7 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     """
     from ahps.orchestration.local import default_parallelism, local_params, run_locally
     from ahps.orchestration.params import pipeline_and_params
+    from ahps_core.checks import check_writable_dir
     from ahps_core.tracking import local_store_uri, ui_command
 
     started = time.perf_counter()
@@ -95,7 +96,7 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
         for name, spec in pipe.params.items():
             click.echo(f"{name} = {json.dumps(spec.default)}\n    {spec.help}")
         return
-    out_dir = Path(output_dir).resolve()
+    out_dir = Path(check_writable_dir(Path(output_dir).resolve(), "--output-dir"))
     uri = tracking_uri if tracking_uri is not None else (given.get("tracking_uri")
                                                           or local_store_uri(DEFAULT_STORE_DIR))
     args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group)
@@ -155,11 +156,13 @@ def _report_journal(files: list[Path], uri: str, run_group: str) -> None:
 def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], params_dir: str | None, image,
                 accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
     """Compile PIPELINE to Kubeflow Pipelines IR YAML."""
-    from ahps.orchestration.kfp_client import build, compile_to
-    from ahps.orchestration.params import pipeline_and_params, validated
+    from ahps.orchestration.kfp_client import build, check_image, compile_to
+    from ahps.orchestration.params import check_no_credentials, pipeline_and_params, validated
     from components import make_components
 
     pipe, given = pipeline_and_params(pipeline, params, params_dir)
+    check_no_credentials(given, "the compiled YAML")
+    check_image(image)
     checked = validated(pipe, given, local=False, require_tracking=False)
     defaults = {k: checked[k] for k in given if k != "tracking_uri"} | (
         {"tracking_uri": given["tracking_uri"]} if "tracking_uri" in given else {})

@@ -9,11 +9,12 @@ one JSON document on stdout. Progress goes to stderr.
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ahps_core.checks import check_lr
+from ahps_core.checks import check_lr, check_writable_dir
 from ahps_core.errors import ConfigError
 from ahps_core.jsonio import json_safe
 
@@ -122,6 +123,8 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
     from ahps_core.lr_search import check_family, find_base_lr
 
     check_family(family)
+    if plot_path:  # before the search: its result must not be lost to an unwritable path
+        check_writable_dir(os.path.dirname(plot_path) or ".", "--plot directory")
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device)
@@ -181,6 +184,11 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sample_seed,
         family, depths=parse_depths(depths) if depths is not None else None,
         archs=archs.split(",") if archs is not None else None, sample=sample, seed=sample_seed,
     )
+    from ahps_core.specs import parse_arch
+
+    for spec in targets:  # a malformed spec is an error now, not after minutes of LR searches
+        parse_arch(spec, family, kernel_size=kernel_size)
+    check_writable_dir(out_dir, "--out")
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device)
@@ -278,6 +286,8 @@ def train_cmd(family, arch, dataset, data_root, lr, base_lr, rule, convention, r
     if config.momentum == 0 and config.nesterov:
         config = config.replace(nesterov=False)
     config.validated()
+    if checkpoint_dir:
+        check_writable_dir(checkpoint_dir, "--checkpoint-dir")
     data = _load(dataset, data_root)
     if not as_json:
         src = f" (autoscaled from base LR {base_lr:g}, {rule}/{convention})" if transfer else ""
