@@ -80,10 +80,9 @@ def load_graph_file(path: str) -> Any:
     except _TooDeep:
         raise ArchSpecError(f"graph file {path!r} is nested more than {MAX_NESTING} levels deep: not a graph "
                             "spec") from None
-    except ValueError as exc:
-        raise ArchSpecError(f"graph file {path!r} is not valid JSON: {exc}") from None
-    except Exception as exc:  # yaml.YAMLError is not a ValueError
-        raise ArchSpecError(f"graph file {path!r} is not valid YAML: {exc}") from None
+    except Exception as exc:  # json's ValueError, yaml.YAMLError (not a ValueError), our loader's refusals
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise ArchSpecError(f"graph file {path!r} is not valid {kind}: {exc}") from None
 
 
 class _TooDeep(Exception):

@@ -87,7 +87,6 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     """
     from ahps.orchestration.local import default_parallelism, local_params, run_locally
     from ahps.orchestration.params import pipeline_and_params
-    from ahps_core.checks import check_writable_dir
     from ahps_core.tracking import local_store_uri, ui_command
 
     started = time.perf_counter()
@@ -96,7 +95,7 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
         for name, spec in pipe.params.items():
             click.echo(f"{name} = {json.dumps(spec.default)}\n    {spec.help}")
         return
-    out_dir = Path(check_writable_dir(Path(output_dir).resolve(), "--output-dir"))
+    out_dir = Path(output_dir).resolve()
     uri = tracking_uri if tracking_uri is not None else (given.get("tracking_uri")
                                                           or local_store_uri(DEFAULT_STORE_DIR))
     args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group)

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ahps_core.checks import check_writable_dir
 from ahps_core.errors import OrchestrationError, redact_secrets
 from ahps_core.jsonio import read_json
 from ahps_core.steps.common import SUMMARY_FILE
@@ -70,6 +71,7 @@ def local_params(pipe: PipelineDef, given: dict[str, Any], *, output_dir: Path, 
         given["run_group"] = default_run_group(pipe.name, {**pipe.defaults(), **extra, **given})
     args = validated(pipe, given, local=True, extra=extra)
     args["tracking_uri"] = check_tracking_uri(args["tracking_uri"])  # before anything is trained
+    check_writable_dir(output_dir, "--output-dir")
     if sqlite_path(args["tracking_uri"]) is not None:  # a fresh SQLite store gets its schema once, now
         prepare_store(args["tracking_uri"])
     manifest = generated_manifest(args) if "checksums_file" in args else None
