@@ -469,14 +469,24 @@ class Tracker:
     def log_params(self, run_id: str, params: Mapping[str, Any], *, existing: Mapping[str, str] | None = None,
                    what: str = "run") -> None:
         new = {k: _param_str(v) for k, v in params.items() if v is not None}
-        existing = dict(existing or {})
-        clash = {k: (existing[k], v) for k, v in new.items() if k in existing and existing[k] != v}
-        if clash:
-            k, (old, now) = sorted(clash.items())[0]
-            raise ConfigError(f"{what} was recorded with {k}={old}; this run has {k}={now}: use a new run group")
-        todo = {k: v for k, v in new.items() if k not in existing}
-        if todo:
-            self._send(run_id, {"op": "params", "params": todo}, "param logging")
+        for attempt in range(2):
+            existing = dict(existing or {})
+            clash = {k: (existing[k], v) for k, v in new.items() if k in existing and existing[k] != v}
+            if clash:
+                k, (old, now) = sorted(clash.items())[0]
+                raise ConfigError(f"{what} was recorded with {k}={old}; this run has {k}={now}: use a new run group")
+            todo = {k: v for k, v in new.items() if k not in existing}
+            if not todo:
+                return
+            try:
+                self._send(run_id, {"op": "params", "params": todo}, "param logging")
+                return
+            except TrackingUnavailableError:
+                raise
+            except TrackingError:
+                if attempt or is_placeholder(run_id):
+                    raise
+                existing = self.get(run_id).params  # a concurrent process logged some of them first
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._send(run_id, {"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}, "tag logging")
