@@ -193,6 +193,7 @@ def test_mlflow_outage_mid_run_finishes_the_trainings_then_sync_fills_mlflow_onc
         check_once_each(server_runs(url), group)
 
 
+@pytest.mark.slow
 def test_a_killed_owner_is_taken_over_at_once_on_the_same_host(tmp_path):
     """A run left RUNNING by a killed process (same host, its pid gone) is resumed by the next run at once."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
