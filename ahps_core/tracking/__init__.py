@@ -18,11 +18,11 @@ from ahps_core.tracking.client import (
     PARENT_TAG,
     RUN_GROUP_TAG,
     RUN_KEY_TAG,
-    SUMMARY_ARTIFACT,
     RunRef,
     Tracker,
     prepare_store,
 )
+from ahps_core.tracking.sending import SUMMARY_ARTIFACT
 from ahps_core.tracking.journal import JOURNAL_ENV, ReplayReport, journal_root, pending_files, replay
 from ahps_core.tracking.step import TrackedStep, tracked_step
 from ahps_core.tracking.uri import (

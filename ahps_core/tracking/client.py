@@ -31,19 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-from ahps_core.checks import finite_items
-from ahps_core.errors import AhpsError, ConfigError, TrackingError, TrackingUnavailableError
+from ahps_core.errors import ConfigError, TrackingError, TrackingUnavailableError
 from ahps_core.tracking import policy
 from ahps_core.tracking.journal import Journal, is_placeholder, journal_root, new_placeholder
+from ahps_core.tracking.sending import RunLogging, param_str
 from ahps_core.tracking.uri import default_artifact_location, redact, resolve_tracking_uri, sqlite_path
 
 DEFAULT_EXPERIMENT = "ahps"
@@ -54,9 +51,7 @@ CONFIG_HASH_TAG = "ahps.config_hash"
 INPUTS_HASH_TAG = "ahps.inputs_hash"
 OWNER_TAG = "ahps.owner"
 PARENT_TAG = "mlflow.parentRunId"
-SUMMARY_ARTIFACT = "ahps/summary.json"
 SETTLE_ENV = "AHPS_CLAIM_SETTLE_S"
-_MAX_PARAM_LEN = 6000
 _USER_HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT" in os.environ
 T = TypeVar("T")
 
@@ -112,11 +107,6 @@ def _quote(value: str) -> str:
     raise ConfigError(f"value {value!r} cannot be used as a run key (contains both quote characters)")
 
 
-def _param_str(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text[:_MAX_PARAM_LEN]
-
-
 def settle_s() -> float:
     try:
         return max(0.0, float(os.environ.get(SETTLE_ENV, "") or 1.0))
@@ -124,7 +114,7 @@ def settle_s() -> float:
         raise ConfigError(f"{SETTLE_ENV} {os.environ.get(SETTLE_ENV)!r} must be a number of seconds") from None
 
 
-class Tracker:
+class Tracker(RunLogging):
     """One run group in one MLflow experiment (see the module docstring). Thread- and process-safe: every call
     names its run explicitly (no global active run)."""
 
@@ -313,7 +303,7 @@ class Tracker:
             ref = RunRef(new_placeholder(), "OFFLINE", False, {RUN_GROUP_TAG: self.run_group, KIND_TAG: "parent",
                                                                 **extra})
             self.journal.append({"op": "create", "run": ref.run_id, "kind": "parent", "name": name,
-                                 "tags": extra, "params": {k: _param_str(v) for k, v in (params or {}).items()}})
+                                 "tags": extra, "params": {k: param_str(v) for k, v in (params or {}).items()}})
             self._parent_id = ref.run_id
             return ref
         self._parent_id = ref.run_id
@@ -423,139 +413,3 @@ class Tracker:
             return True
 
         return self.call("claim", log)
-
-    # -- logging: sent now, or journaled while MLflow is unavailable ------------------------------------------------
-    def apply(self, run_id: str, op: Mapping[str, Any]) -> None:
-        """Send one operation in the journal's form (:mod:`ahps_core.tracking.journal`) to ``run_id`` now."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        kind = op["op"]
-        if kind == "params":
-            params = [Param(k, v) for k, v in op["params"].items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i:i + 100])
-        elif kind == "metrics":
-            metrics = [Metric(k, v, int(ts), int(step)) for k, v, ts, step in op["metrics"]]
-            for i in range(0, len(metrics), 500):
-                self.client.log_batch(run_id, metrics=metrics[i:i + 500])
-        elif kind == "tags":
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
-        elif kind == "dict":
-            self.client.log_dict(run_id, op["data"], op["file"])
-        elif kind == "file":
-            self.client.log_artifact(run_id, str(op["path"]), op.get("dir"))
-        elif kind == "status":
-            if op["status"] == "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            else:
-                self.client.set_terminated(run_id, op["status"])
-        else:
-            raise TrackingError(f"unknown tracking journal operation {kind!r}")
-
-    def _send(self, run_id: str, op: dict[str, Any], what: str) -> None:
-        if not self.journaling:
-            self.call(what, lambda: self.apply(run_id, op))
-            return
-        if not is_placeholder(run_id) and not self.offline:
-            try:
-                self.call(what, lambda: self.apply(run_id, op))
-                return
-            except TrackingUnavailableError:
-                pass
-        if op["op"] == "file":
-            op = {**op, "path": self.journal.keep_file(op["path"])}
-        self.journal.append({**op, "run": run_id})
-
-    def log_params(self, run_id: str, params: Mapping[str, Any], *, existing: Mapping[str, str] | None = None,
-                   what: str = "run") -> None:
-        new = {k: _param_str(v) for k, v in params.items() if v is not None}
-        for attempt in range(2):
-            existing = dict(existing or {})
-            clash = {k: (existing[k], v) for k, v in new.items() if k in existing and existing[k] != v}
-            if clash:
-                k, (old, now) = sorted(clash.items())[0]
-                raise ConfigError(f"{what} was recorded with {k}={old}; this run has {k}={now}: use a new run group")
-            todo = {k: v for k, v in new.items() if k not in existing}
-            if not todo:
-                return
-            try:
-                self._send(run_id, {"op": "params", "params": todo}, "param logging")
-                return
-            except TrackingUnavailableError:
-                raise
-            except TrackingError:
-                if attempt or is_placeholder(run_id):
-                    raise
-                existing = self.get(run_id).params  # a concurrent process logged some of them first
-
-    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self._send(run_id, {"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}, "tag logging")
-
-    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], *, step: int | None = None) -> None:
-        """Finite numeric entries of ``metrics`` (others are skipped), at ``step``."""
-        now = int(time.time() * 1000)
-        batch = [[k, v, now, int(step or 0)] for k, v in finite_items(metrics).items()]
-        if batch:
-            self._send(run_id, {"op": "metrics", "metrics": batch}, "metric logging")
-
-    def log_history(self, run_id: str, history: list[Mapping[str, Any]], *,
-                    keys: tuple[str, ...] | None = None) -> None:
-        """Step metrics of a training history (one record per epoch, ``epoch`` is the step)."""
-        now = int(time.time() * 1000)
-        batch: list[list[Any]] = []
-        for rec in history:
-            step = int(rec.get("epoch", 0) or 0)
-            values = {k: v for k, v in rec.items() if k != "epoch" and (keys is None or k in keys)}
-            batch.extend([k, v, now, step] for k, v in finite_items(values).items())
-        if batch:
-            self._send(run_id, {"op": "metrics", "metrics": batch}, "metric logging")
-
-    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
-        self._send(run_id, {"op": "dict", "data": data, "file": artifact_file}, "artifact logging")
-
-    def log_file(self, run_id: str, path: str | os.PathLike[str], artifact_dir: str | None = None) -> None:
-        self._send(run_id, {"op": "file", "path": str(path), "dir": artifact_dir}, "artifact logging")
-
-    def load_dict(self, run_id: str, artifact_file: str) -> dict | None:
-        """A JSON artifact of ``run_id`` (None when it is missing)."""
-        if is_placeholder(run_id):
-            return None
-
-        def download() -> dict | None:
-            from mlflow.exceptions import MlflowException
-
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    local = self.client.download_artifacts(run_id, artifact_file, tmp)
-                except MlflowException as exc:
-                    if policy.is_transient(exc):
-                        raise
-                    return None
-                except OSError as exc:  # requests' errors are OSErrors too
-                    if policy.is_transient(exc) and not isinstance(exc, FileNotFoundError):
-                        raise
-                    return None
-                try:
-                    return json.loads(Path(local).read_text())
-                except (OSError, ValueError):
-                    return None
-
-        return self.call("artifact download", download)
-
-    def save_summary(self, run_id: str, summary: Mapping[str, Any]) -> None:
-        """The run's machine-readable result (read back by :meth:`load_summary` when the run is reused)."""
-        self.log_dict(run_id, dict(summary), SUMMARY_ARTIFACT)
-
-    def load_summary(self, run_id: str) -> dict | None:
-        return self.load_dict(run_id, SUMMARY_ARTIFACT)
-
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self._send(run_id, {"op": "status", "status": status}, "run update")
-
-    def set_running(self, run_id: str) -> None:
-        self._send(run_id, {"op": "status", "status": "RUNNING"}, "run update")
-
-    def finish_quietly(self, run_id: str, status: str) -> None:
-        """:meth:`finish`, ignoring a tracking failure (used while another error is being raised)."""
-        with contextlib.suppress(AhpsError):
-            self.finish(run_id, status)
