@@ -107,6 +107,7 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     summary = done.summary
     if as_json:
         click.echo(json.dumps(summary, indent=1))
+        _report_journal(done.journal, uri, args["run_group"])
         return
     ml = summary.get("mlflow", {})
     click.echo("")
