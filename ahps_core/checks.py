@@ -4,6 +4,7 @@ raises :class:`~ahps_core.errors.ConfigError` (one line at the CLI, exit 2). Pur
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -33,11 +34,35 @@ def finite_items(values: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+#: The largest learning rate accepted: parameters are float32 (bf16 under autocast), and an SGD step with a
+#: larger LR cannot even be computed (torch: "value cannot be converted to type float without overflow").
+MAX_LR = 1e38
+
+
 def check_lr(lr: object, what: str = "learning rate") -> float:
-    """``lr`` as a float when it is a finite number > 0."""
+    """``lr`` as a float when it is a finite number > 0 and at most :data:`MAX_LR`."""
     if not is_number(lr) or not math.isfinite(lr) or lr <= 0:  # type: ignore[operator, arg-type]
         raise ConfigError(f"{what} {lr!r} must be a finite number > 0")
+    if lr > MAX_LR:  # type: ignore[operator]
+        raise ConfigError(f"{what} {lr!r} is too large: at most {MAX_LR:g} (the largest float32 step)")
     return float(lr)  # type: ignore[arg-type]
+
+
+def check_writable_dir(directory: str | os.PathLike[str], what: str = "output directory") -> str:
+    """``directory``, created when missing, once a file could be written there (checked before any work is
+    done, so nothing computed is lost to an unwritable path)."""
+    path = os.fspath(directory)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".ahps-write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path!r} cannot be written: it, or a parent, is a file, not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path!r} cannot be written: {exc.strerror or exc}") from None
+    return path
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
@@ -80,5 +105,5 @@ def check_choices(name: str, values: Sequence[str], accepted: Iterable[str]) -> 
     return unique
 
 
-__all__ = ["as_int", "check_choice", "check_choices", "check_int", "check_lr", "finite_items", "finite_or_none",
-           "is_number"]
+__all__ = ["MAX_LR", "as_int", "check_choice", "check_choices", "check_int", "check_lr", "check_writable_dir",
+           "finite_items", "finite_or_none", "is_number"]

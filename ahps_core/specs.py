@@ -26,7 +26,6 @@ This module is pure Python: no torch.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 
@@ -232,84 +231,97 @@ def _cell_ops(arch: str | ArchGraph) -> list[list[str]]:
 
 
 def _parse_graph_file(path: str) -> ArchGraph:
-    if not os.path.exists(path):
-        raise ArchSpecError(f"graph file {path!r} does not exist (a graph spec is a YAML or JSON file)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        if path.endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml  # local import: only graph files need it
+    from ahps_core.graph_files import load_graph_file
 
-            data = yaml.safe_load(text)
-    except (OSError, ValueError) as exc:
-        raise ArchSpecError(f"graph file {path!r} cannot be read: {exc}") from None
-    except Exception as exc:  # yaml.YAMLError is not a ValueError
-        raise ArchSpecError(f"graph file {path!r} is not valid YAML: {exc}") from None
+    if not os.path.lexists(path):
+        raise ArchSpecError(f"graph file {path!r} does not exist (a graph spec is a YAML or JSON file)")
+    data = load_graph_file(path)
     if not isinstance(data, Mapping):
         raise ArchSpecError(f"graph file {path!r}: expected a mapping with 'edges', got {type(data).__name__}")
     return _parse_graph_mapping(data, path)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A bounded ``repr`` of a (possibly huge or deeply nested) value for a message."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlevel = 3
+    return r.repr(value)[: limit * 2]
+
+
+def _node_name(value: object, spec: str, where: str) -> str:
+    """A node name: a string or an integer (YAML reads ``1`` as an int), nothing nested."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ArchSpecError(f"graph {spec!r}: {where} {_short(value)} is not a node name (a string or a number)")
+    return str(value)
 
 
 def _parse_graph_mapping(data: Mapping, spec: str) -> ArchGraph:
     unknown = set(data) - {"nodes", "edges", "input", "output", "depth_offset", "name"}
     if unknown:
         raise ArchSpecError(
-            f"graph {spec!r}: unknown keys {sorted(unknown)}; accepted: nodes, edges, input, output, depth_offset"
+            f"graph {spec!r}: unknown keys {_short(sorted(map(str, unknown)))}; accepted: nodes, edges, input, "
+            "output, depth_offset"
         )
     raw_edges = data.get("edges")
     if not raw_edges:
         raise ArchSpecError(f"graph {spec!r} is empty: it has no edges")
     if not isinstance(raw_edges, list):
-        raise ArchSpecError(f"graph {spec!r}: 'edges' must be a list")
+        raise ArchSpecError(f"graph {spec!r}: 'edges' must be a list, got {type(raw_edges).__name__}")
     declared = data.get("nodes")
-    names: list[str] = [str(n) for n in declared] if declared is not None else []
+    if declared is not None and not isinstance(declared, list):
+        raise ArchSpecError(f"graph {spec!r}: 'nodes' must be a list of node names, got {_short(declared)}")
+    names: list[str] = [_node_name(n, spec, "node") for n in declared] if declared is not None else []
     if len(set(names)) != len(names):
         raise ArchSpecError(f"graph {spec!r}: duplicate node names in 'nodes'")
     index = {n: i for i, n in enumerate(names)}
     edges: list[Edge] = []
     for k, e in enumerate(raw_edges):
         if not isinstance(e, Mapping) or "from" not in e or "to" not in e:
-            raise ArchSpecError(f"graph {spec!r}: edge #{k} {e!r} needs 'from' and 'to'")
+            raise ArchSpecError(f"graph {spec!r}: edge #{k} {_short(e)} needs 'from' and 'to'")
         ends = []
         for key in ("from", "to"):
-            name = str(e[key])
+            name = _node_name(e[key], spec, f"edge #{k} '{key}'")
             if name not in index:
                 if declared is not None:
                     raise ArchSpecError(
-                        f"graph {spec!r}: edge #{k} refers to undeclared node {name!r} (dangling edge)"
+                        f"graph {spec!r}: edge #{k} refers to undeclared node {_short(name)} (dangling edge)"
                     )
                 index[name] = len(names)
                 names.append(name)
             ends.append(index[name])
-        op_name = str(e.get("op", "weight"))
-        op = GRAPH_OP_ALIASES.get(op_name)
+        raw_op = e.get("op", "weight")
+        op = GRAPH_OP_ALIASES.get(raw_op) if isinstance(raw_op, str) else None
         if op is None:
             raise ArchSpecError(
-                f"graph {spec!r}: edge #{k} has unknown op {op_name!r}; accepted ops are "
+                f"graph {spec!r}: edge #{k} has unknown op {_short(raw_op)}; accepted ops are "
                 f"{', '.join(sorted(GRAPH_OP_ALIASES))}"
             )
         kernel = e.get("kernel", 1)
         if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
-            raise ArchSpecError(f"graph {spec!r}: edge #{k} has kernel {kernel!r}, expected a positive integer")
+            raise ArchSpecError(f"graph {spec!r}: edge #{k} has kernel {_short(kernel)}, expected a positive integer")
         if ends[0] == ends[1]:
-            raise ArchSpecError(f"graph {spec!r}: edge #{k} is a self-loop on {names[ends[0]]!r} (cycle)")
-        edges.append(Edge(ends[0], ends[1], op, kernel, op_name))
+            raise ArchSpecError(f"graph {spec!r}: edge #{k} is a self-loop on {_short(names[ends[0]])} (cycle)")
+        edges.append(Edge(ends[0], ends[1], op, kernel, raw_op))
     n = len(names)
-    touched = {e.src for e in edges} | {e.dst for e in edges}
-    isolated = [names[v] for v in range(n) if v not in touched]
+    has_in, has_out = [False] * n, [False] * n  # one pass over the edges: linear time
+    for edge in edges:
+        has_out[edge.src] = True
+        has_in[edge.dst] = True
+    isolated = [names[v] for v in range(n) if not (has_in[v] or has_out[v])]
     if isolated:
-        raise ArchSpecError(f"graph {spec!r}: dangling node(s) {isolated} have no edges")
-    sources = [v for v in range(n) if not any(e.dst == v for e in edges)]
-    sinks = [v for v in range(n) if not any(e.src == v for e in edges)]
+        raise ArchSpecError(f"graph {spec!r}: dangling node(s) {_short(isolated)} have no edges")
+    sources = [v for v in range(n) if not has_in[v]]
+    sinks = [v for v in range(n) if not has_out[v]]
     inp = _endpoint(data, "input", sources, names, index, spec)
     out = _endpoint(data, "output", sinks, names, index, spec)
     if inp == out:
-        raise ArchSpecError(f"graph {spec!r}: input and output are the same node {names[inp]!r}")
+        raise ArchSpecError(f"graph {spec!r}: input and output are the same node {_short(names[inp])}")
     offset = data.get("depth_offset", 0)
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ArchSpecError(f"graph {spec!r}: depth_offset {offset!r} must be a non-negative integer")
+        raise ArchSpecError(f"graph {spec!r}: depth_offset {_short(offset)} must be a non-negative integer")
     graph = ArchGraph(n, tuple(edges), "graph", spec, inp, out, tuple(names), offset)
     graph.topological_order  # noqa: B018 - validates acyclicity now, with a clear error
     return graph
@@ -317,14 +329,14 @@ def _parse_graph_mapping(data: Mapping, spec: str) -> ArchGraph:
 
 def _endpoint(data: Mapping, key: str, candidates: list[int], names: list[str], index: dict, spec: str) -> int:
     if key in data:
-        name = str(data[key])
+        name = _node_name(data[key], spec, f"'{key}'")
         if name not in index:
-            raise ArchSpecError(f"graph {spec!r}: {key} node {name!r} is not a node of the graph")
+            raise ArchSpecError(f"graph {spec!r}: {key} node {_short(name)} is not a node of the graph")
         return index[name]
     if len(candidates) != 1:
         which = "sources (nodes without inputs)" if key == "input" else "sinks (nodes without outputs)"
         raise ArchSpecError(
             f"graph {spec!r}: cannot infer '{key}': the graph has {len(candidates)} {which} "
-            f"{[names[v] for v in candidates]}; name it with '{key}:'"
+            f"{_short([names[v] for v in candidates[:20]])}; name it with '{key}:'"
         )
     return candidates[0]

@@ -82,8 +82,8 @@ def download_prefix(uri: str, dest: str | os.PathLike[str], *, endpoint_url: str
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
             for obj in page.get("Contents", []):
                 name = obj["Key"][len(start):]
-                if not name or name.endswith("/") or ".." in Path(name).parts:
-                    continue
+                if not name or name.endswith("/") or ".." in Path(name).parts or Path(name).is_absolute():
+                    continue  # a key that would land outside dest ("a/../../x", "prefix//etc/x") is never fetched
                 target = dest / name
                 if target.is_file() and target.stat().st_size == obj["Size"]:
                     continue

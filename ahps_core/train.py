@@ -56,7 +56,7 @@ from ahps_core.checkpoint import (
     write_checkpoint,
     write_result,
 )
-from ahps_core.checks import check_choice, check_int, check_lr, is_number
+from ahps_core.checks import check_choice, check_int, check_lr, check_writable_dir, is_number
 from ahps_core.errors import ConfigError, DataError
 from ahps_core.jsonio import json_restore, json_safe, stable_hash
 from ahps_core.runtime import (
@@ -369,9 +369,14 @@ def train(
     train_seconds = 0.0
     train_images = 0
     if ckpt_dir is not None:
+        check_writable_dir(ckpt_dir, "checkpoint dir")  # before anything is computed
         finished = read_result(ckpt_dir, config_hash)
         if finished is not None:
-            return TrainResult.from_dict(finished)
+            try:
+                return TrainResult.from_dict(finished)
+            except (TypeError, ValueError):
+                raise DataError(f"{ckpt_dir / 'result.json'} is not a training result; delete it to train "
+                                "again") from None
         state = read_checkpoint(ckpt_dir, config_hash, device)
         if state is not None:
             model.load_state_dict(state["model"])

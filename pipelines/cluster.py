@@ -4,7 +4,8 @@
   run group, checkpoint root, S3 endpoint, secret names, GPU placement);
 * :class:`TaskSettings`: the compile-time options of ``build`` (checked when made) and what they do to
   a task -- :meth:`TaskSettings.with_secrets` (S3 and MLflow credentials as env vars from Kubernetes secrets,
-  optional, names from parameters), :meth:`TaskSettings.training` (GPU request, tolerations and node selector
+  optional, names from parameters; the tracking-host policy from the ConfigMap ``ahps-policy``; the security
+  context, :func:`secure`), :meth:`TaskSettings.training` (GPU request, tolerations and node selector
   from parameters, the dataset cache volume, preemption retries);
 * :func:`pipeline_context`: the components and settings a pipeline's ``build`` wires.
 
@@ -28,6 +29,11 @@ DEFAULT_CACHE_DIR = "/var/cache/ahps/data"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 CACHE_VOLUME = "ahps-data-cache"
+#: The ConfigMap (fixed name; the Helm chart creates it) whose keys every task gets as env: the tracking-host policy.
+POLICY_CONFIGMAP = "ahps-policy"
+POLICY_KEYS = ("AHPS_ALLOWED_TRACKING_HOSTS",)
+#: The image's non-root user and group (Dockerfile: ``USER 1000:1000``).
+RUN_AS_USER = 1000
 
 
 def cluster_params(*, experiment: str = "ahps") -> dict[str, Param]:
@@ -77,14 +83,19 @@ class TaskSettings:
             raise ConfigError(f"parallelism {self.parallelism!r} must be >= 0 (0: unlimited)")
 
     def with_secrets(self, task, s3_secret, mlflow_secret):
-        """S3 and MLflow credentials as env vars from the (optional) secrets named by the parameters."""
+        """What every task of a pipeline gets on a cluster: S3 and MLflow credentials as env vars from the
+        (optional) secrets named by the parameters; the tracking-host policy as env from the ConfigMap
+        :data:`POLICY_CONFIGMAP` (a fixed name, never a run parameter: whoever submits a run cannot lift it; an
+        absent ConfigMap means no restriction); and the container's security context (:func:`secure`)."""
         from kfp import kubernetes
 
         kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS},
                                      optional=True)
         kubernetes.use_secret_as_env(task, secret_name=mlflow_secret,
                                      secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS}, optional=True)
-        return task
+        kubernetes.use_config_map_as_env(task, config_map_name=POLICY_CONFIGMAP,
+                                         config_map_key_to_env={k: k for k in POLICY_KEYS}, optional=True)
+        return secure(task)
 
     def cache(self, task):
         """The dataset cache volume at ``cache_dir`` (a PVC or an emptyDir) and ``AHPS_DATA_CACHE``."""
@@ -112,6 +123,19 @@ class TaskSettings:
         return task
 
 
+def secure(task):
+    """The security context kfp-kubernetes 2.17 lets a pipeline set on a task's container: the image's user
+    (:data:`RUN_AS_USER`, non-root) and ``runAsNonRoot``. ``allowPrivilegeEscalation: false``, dropping every
+    capability and the ``RuntimeDefault`` seccomp profile are not SDK settings: the KFP backend applies them to
+    every pipeline container (its platform defaults, which the SDK cannot override); a read-only root file system
+    and the pod-level ``fsGroup`` cannot be set from a pipeline at all (use the namespace's Pod Security admission
+    or a policy engine for those)."""
+    from kfp import kubernetes
+
+    return kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER,
+                                           run_as_non_root=True)
+
+
 def pipeline_context(settings: TaskSettings | None, base_image: str | None) -> tuple[SimpleNamespace, TaskSettings]:
     """``(components on base_image, settings)`` for a pipeline's ``build`` (default settings when None)."""
     from components import make_components
@@ -120,4 +144,5 @@ def pipeline_context(settings: TaskSettings | None, base_image: str | None) -> t
 
 
 __all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_TOLERATIONS", "MLFLOW_SECRET_KEYS",
-           "S3_SECRET_KEYS", "TaskSettings", "cluster_params", "pipeline_context"]
+           "POLICY_CONFIGMAP", "POLICY_KEYS", "RUN_AS_USER", "S3_SECRET_KEYS", "TaskSettings", "cluster_params",
+           "pipeline_context", "secure"]

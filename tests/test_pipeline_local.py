@@ -96,7 +96,8 @@ def test_bad_parameters_are_one_line(tmp_path, args, expected):
     assert not (tmp_path / "ahps_outputs").exists()  # nothing ran
 
 
-def test_unreachable_tracking_uri_fails_before_training(tmp_path):
+def test_unreachable_tracking_uri_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("AHPS_TRACKING_TIMEOUT_S", "2")  # the pre-check asks again within this budget
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

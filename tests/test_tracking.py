@@ -76,7 +76,8 @@ def metrics_of(run: dict) -> dict:
 # --- up-front checks (no server needed) --------------------------------------------------------------------------
 
 
-def test_unreachable_server_is_one_line_tracking_error():
+def test_unreachable_server_is_one_line_tracking_error(monkeypatch):
+    monkeypatch.setenv("AHPS_TRACKING_TIMEOUT_S", "2")  # the pre-check asks again within this budget
     port = free_port()  # nothing listens there
     with pytest.raises(TrackingError) as err:
         check_tracking_uri(f"http://127.0.0.1:{port}")

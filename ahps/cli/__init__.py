@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from ahps_core.errors import AhpsError
+from ahps_core.errors import AhpsError, one_line, redact_secrets
 
 COMMANDS: dict[str, str] = {
     "paths": "ahps.cli.scaling_cmds:paths_cmd",
@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "compile": "ahps.cli.pipeline_cmds:compile_cmd",
     "submit": "ahps.cli.pipeline_cmds:submit_cmd",
     "schedule": "ahps.cli.pipeline_cmds:schedule_cmd",
+    "sync": "ahps.cli.sync_cmd:sync_cmd",
 }
 
 HELP = {
@@ -45,6 +46,7 @@ HELP = {
     "compile": "Compile a pipeline to Kubeflow Pipelines IR YAML.",
     "submit": "Submit a pipeline run to a Kubeflow Pipelines host.",
     "schedule": "Create a recurring run on a Kubeflow Pipelines host.",
+    "sync": "Replay into MLflow what a run could not log while MLflow was unavailable.",
 }
 
 
@@ -89,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     except AhpsError as exc:
         if os.environ.get("AHPS_DEBUG"):
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_bounded(str(exc))}", err=True)
         return exc.exit_code
+    except OSError as exc:  # the environment (a full disk, a read-only or vanished path) the code did not foresee
+        if os.environ.get("AHPS_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {_bounded(one_line(redact_secrets(exc.strerror or str(exc))))}{where}", err=True)
+        return OS_ERROR_EXIT
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -104,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     # in non-standalone mode click returns a command's Exit code (or the command's return value)
     return code if isinstance(code, int) else 0
+
+
+#: Exit code of an operating-system error (disk full, read-only file system, ...) no check caught first.
+OS_ERROR_EXIT = 1
+_MAX_MESSAGE = 2000
+
+
+def _bounded(text: str) -> str:
+    """A message of at most ~2000 characters (a huge bad value is cut in the middle, the reason is kept)."""
+    if len(text) <= _MAX_MESSAGE:
+        return text
+    return f"{text[:_MAX_MESSAGE - 500]} [... {len(text) - _MAX_MESSAGE} characters ...] {text[-500:]}"
 
 
 def run_main() -> None:  # pragma: no cover - console entry

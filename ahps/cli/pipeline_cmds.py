@@ -107,6 +107,7 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     summary = done.summary
     if as_json:
         click.echo(json.dumps(summary, indent=1))
+        _report_journal(done.journal, uri, args["run_group"])
         return
     ml = summary.get("mlflow", {})
     click.echo("")
@@ -121,6 +122,24 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
                f"parent run {ml.get('parent_run_id')}, comparison run {ml.get('compare_run_id')}")
     click.echo(f"open the MLflow UI: {ui_command(ml.get('tracking_uri', uri))}")
     click.echo(f"done in {time.perf_counter() - started:.1f} s")
+    _report_journal(done.journal, uri, args["run_group"])
+
+
+#: ``ahps run``: the pipeline finished, but MLflow did not get everything (it is journaled, see ``ahps sync``).
+TRACKING_INCOMPLETE_EXIT = 4
+
+
+def _report_journal(files: list[Path], uri: str, run_group: str) -> None:
+    """Say what did not reach MLflow, and exit with :data:`TRACKING_INCOMPLETE_EXIT` if anything."""
+    if not files:
+        return
+    from ahps_core.tracking import redact
+
+    ops = sum(max(0, len(f.read_text().splitlines()) - 1) for f in files if f.is_file())
+    click.echo(f"WARNING: MLflow was unavailable: {ops} tracking operation(s) of run group {run_group!r} were not "
+               f"logged; they are kept in {files[0].parent}. Replay them with `ahps sync --tracking-uri "
+               f"{redact(uri)} --journal {files[0].parent.parent}` (or run this command again)", err=True)
+    raise click.exceptions.Exit(TRACKING_INCOMPLETE_EXIT)
 
 
 # --- ahps compile -----------------------------------------------------------------------------------------------
@@ -137,11 +156,13 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
 def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], params_dir: str | None, image,
                 accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
     """Compile PIPELINE to Kubeflow Pipelines IR YAML."""
-    from ahps.orchestration.kfp_client import build, compile_to
-    from ahps.orchestration.params import pipeline_and_params, validated
+    from ahps.orchestration.kfp_client import build, check_image, compile_to
+    from ahps.orchestration.params import check_no_credentials, pipeline_and_params, validated
     from components import make_components
 
     pipe, given = pipeline_and_params(pipeline, params, params_dir)
+    check_no_credentials(given, "the compiled YAML")
+    check_image(image)
     checked = validated(pipe, given, local=False, require_tracking=False)
     defaults = {k: checked[k] for k in given if k != "tracking_uri"} | (
         {"tracking_uri": given["tracking_uri"]} if "tracking_uri" in given else {})

@@ -9,11 +9,12 @@ one JSON document on stdout. Progress goes to stderr.
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ahps_core.checks import check_lr
+from ahps_core.checks import check_lr, check_writable_dir
 from ahps_core.errors import ConfigError
 from ahps_core.jsonio import json_safe
 
@@ -167,6 +168,8 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
     family = _family(family, model_ref)
     if arch is not None and model_ref is None:
         raise ConfigError("--arch applies to --model (the base LR of a built-in family is found on its proxy)")
+    if plot_path:  # before the search: its result must not be lost to an unwritable path
+        check_writable_dir(os.path.dirname(plot_path) or ".", "--plot directory")
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
@@ -265,6 +268,12 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sampling, sa
     )
     sampling_info = {"how": sampling if sample is not None else ("depths" if depths is not None else "archs"),
                      "sample": sample, "seed": sample_seed if sample is not None else None, "targets": targets}
+    if models is None:
+        from ahps_core.specs import parse_arch
+
+        for spec in targets:  # a malformed spec is an error now, not after minutes of LR searches
+            parse_arch(spec, family, kernel_size=kernel_size)
+    check_writable_dir(out_dir, "--out")
     grid = _grid(grid_min, grid_max, grid_points, grid_list)
     seed_list = _seeds(seeds)
     budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
@@ -422,6 +431,8 @@ def train_cmd(family, arch, model_ref, proxy, dataset, data_root, split_file, lr
     if config.momentum == 0 and config.nesterov:
         config = config.replace(nesterov=False)
     config.validated()
+    if checkpoint_dir:
+        check_writable_dir(checkpoint_dir, "--checkpoint-dir")
     data = _load(dataset, data_root, split_file)
     if model is not None:
         from ahps_core.user_models import check_fits

@@ -27,9 +27,28 @@ from ahps_core.errors import ConfigError, OrchestrationError
 from pipelines import PipelineDef
 from pipelines.cluster import TaskSettings
 
-from ahps.orchestration.params import validated
+from ahps.orchestration.params import check_no_credentials, validated
 
 KFP_TIMEOUT_S = 10.0
+
+
+# An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's reference grammar, simplified).
+_IMAGE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+
+
+def check_image(image: str | None) -> str | None:
+    """``image`` when it is a valid image reference (``REGISTRY[:PORT]/PATH[:TAG][@DIGEST]``, no spaces or line
+    breaks), or None (the default image)."""
+    if image is None:
+        return None
+    if len(image) > 512 or not _IMAGE.fullmatch(image):
+        raise ConfigError(f"--image {image!r} is not an image reference: expected REGISTRY[:PORT]/PATH[:TAG][@DIGEST], "
+                          "e.g. ghcr.io/ahps-project/ahps:0.1.0")
+    return image
 
 
 def build(pipe: PipelineDef, settings: TaskSettings, image: str | None):
@@ -160,6 +179,8 @@ def _prepared(pipe: PipelineDef, given: dict[str, Any], host: str, settings: Tas
               tmp: str) -> tuple[dict[str, Any], str, Path]:
     """``(arguments, host, package)`` of a remote run: the given parameters checked and normalized (e.g. family
     aliases: the normalized values are what the run gets), the host checked, the pipeline compiled."""
+    check_no_credentials(given, "the run's arguments in Kubeflow Pipelines")
+    check_image(image)
     checked = validated(pipe, given, local=False)
     arguments = {k: checked[k] for k in given}
     host = check_host(host)

@@ -18,12 +18,13 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ahps_core.errors import OrchestrationError
+from ahps_core.checks import check_writable_dir
+from ahps_core.errors import OrchestrationError, redact_secrets
 from ahps_core.jsonio import read_json
 from ahps_core.steps.common import SUMMARY_FILE
 from pipelines import PipelineDef
@@ -61,7 +62,7 @@ def local_params(pipe: PipelineDef, given: dict[str, Any], *, output_dir: Path, 
     the run group given or derived from the parameters (:func:`default_run_group`); the tracking store checked;
     generated data written when the run uses it and it is missing."""
     from ahps_core.steps.params import generated_manifest
-    from ahps_core.tracking import check_tracking_uri
+    from ahps_core.tracking import check_tracking_uri, prepare_store, sqlite_path
 
     given = {**given, "tracking_uri": tracking_uri}
     extra = LOCAL_DEFAULTS[pipe.name](output_dir)
@@ -71,6 +72,9 @@ def local_params(pipe: PipelineDef, given: dict[str, Any], *, output_dir: Path, 
         given["run_group"] = default_run_group(pipe.name, {**pipe.defaults(), **extra, **given})
     args = validated(pipe, given, local=True, extra=extra)
     args["tracking_uri"] = check_tracking_uri(args["tracking_uri"])  # before anything is trained
+    check_writable_dir(output_dir, "--output-dir")
+    if sqlite_path(args["tracking_uri"]) is not None:  # a fresh SQLite store gets its schema once, now
+        prepare_store(args["tracking_uri"])
     manifest = generated_manifest(args) if "checksums_file" in args else None
     if manifest is not None and not manifest.is_file():
         from ahps_core.data.synthetic import write_synthetic_datasets
@@ -96,11 +100,11 @@ class FilteredStdout(io.TextIOBase):
 
     def write(self, text: str) -> int:
         with self.lock:
-            self.log.write(text)
+            self.log.write(redact_secrets(text))
             self.buf += text
             while "\n" in self.buf:
                 line, self.buf = self.buf.split("\n", 1)
-                clean = _ANSI.sub("", line).strip()
+                clean = redact_secrets(_ANSI.sub("", line).strip())
                 if self._keep.search(clean) and "Traceback" not in clean:
                     self.real.write(clean + "\n")
             return len(text)
@@ -133,6 +137,7 @@ class LocalRun:
     summary_dir: Path
     log_path: Path
     ignored_cluster_settings: bool = False
+    journal: list[Path] = field(default_factory=list)  #: journal files of operations that did not reach MLflow
 
 
 def default_parallelism() -> int:
@@ -148,6 +153,9 @@ def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, pa
     the task's last error and the log."""
     from kfp import local
 
+    from ahps_core.tracking import JOURNAL_ENV, journal_root, pending_files
+
+    os.environ.setdefault(JOURNAL_ENV, str(output_dir / "tracking-journal"))  # the tasks inherit it
     cores = os.cpu_count() or 1
     if parallelism > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // parallelism)))
@@ -184,7 +192,8 @@ def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, pa
         finally:
             stream.flush()
     summary_dir = Path(task.output.path)
-    return LocalRun(read_json(summary_dir, SUMMARY_FILE), summary_dir, log_path, bool(ignored))
+    return LocalRun(read_json(summary_dir, SUMMARY_FILE), summary_dir, log_path, bool(ignored),
+                    pending_files(journal_root(), args["run_group"]))
 
 
 __all__ = ["LOCAL_BUDGET", "LOCAL_DEFAULTS", "FilteredStdout", "LocalRun", "default_parallelism", "failure_message",

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ahps_core.errors import ConfigError
+from ahps_core.errors import ConfigError, redact_secrets
 from pipelines import PipelineDef, get_pipeline
 
 #: ``ahps compile`` may leave these empty (the run gets them at submit time): checked with a placeholder.
@@ -160,6 +160,36 @@ def validated(pipe: PipelineDef, given: dict[str, Any], *, local: bool, extra: d
     checked = pipe.validate({**params, **empty}, local=local)
     checked.update({k: "" for k in empty})
     return checked
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside ``value`` (lists and dicts walked iteratively, keys included)."""
+    out, todo = [], [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return out
+
+
+def check_no_credentials(params: dict[str, Any], where: str) -> None:
+    """Refuse a credential in a parameter that ends up where others read it (``where``: a compiled YAML, a KFP
+    run's arguments): a ``user:password@`` URL or a secret-looking query value. The message names the parameter,
+    not the value, and points at the Kubernetes Secrets the pipeline reads credentials from."""
+    for name, value in params.items():
+        if any(redact_secrets(text) != text for text in _strings(value)):
+            raise ConfigError(
+                f"parameter {name} holds a credential (a user:password@ or a secret query value), which {where} "
+                "would show to anyone who can read it: put MLflow credentials in the Kubernetes Secret named by the "
+                "parameter mlflow_secret (default ahps-mlflow-auth, keys MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD), S3 credentials in the one named by s3_secret (default ahps-s3), and "
+                "pass the URL without them"
+            )
 
 
 def default_run_group(pipe_name: str, params: dict[str, Any]) -> str:

@@ -34,9 +34,10 @@ Query semantics (Dong & Yang, "NAS-Bench-201", ICLR 2020, §2.3 and Table 5; Don
   777, 888 and 999 (:data:`EXPECTED_SEEDS`); NB201 v1_1 trained some architectures once or twice, and a
   :class:`Record` then names the seeds it lacks.
 
-Loading: NB201 ``.pth`` files are opened by ``NASBench201API(path)``, whose ``torch.load`` is weights-only by
-default since torch 2.6 (the project pins 2.13); numpy's scalar reconstruction is admitted on top, as records
-may hold numpy floats (NATS-Bench's do), which the default refuses. NATS-Bench
+Loading: NB201 ``.pth`` files are loaded by ahps with ``torch.load(..., weights_only=True)`` passed explicitly
+(never through the official API's own ``torch.load``, whose default an environment variable can turn off), numpy's
+scalar reconstruction admitted on top, as records may hold numpy floats (NATS-Bench's do), and handed to
+``NASBench201API`` as data. NATS-Bench
 ``.pickle.pbz2`` files are unpickled with an allow-list (``collections.OrderedDict``, numpy scalars and dtypes):
 the official ``pickle_load`` runs an unrestricted ``pickle.load``. The decoded records are handed to the
 official ``ArchResults.create_from_state_dict``, so metric lookup stays the official code.
@@ -414,12 +415,19 @@ def _from_dict(data: Mapping, source: str) -> BenchmarkRecords:
     return _from_api(api, source)
 
 
-def _from_nb201_file(path: Path) -> BenchmarkRecords:
-    """``NASBench201API(path)``; its ``torch.load`` is weights-only (torch >= 2.6) with numpy scalars admitted.
+class _Shared(dict):
+    """A dict the official API may "deep-copy" for free: it is ours, freshly loaded, and nobody else holds it (the
+    API deep-copies a dict it is given, which would double the memory of a multi-GB file)."""
 
-    The path goes to the API itself, not a dict: the API deep-copies dicts, which doubles the memory of a
-    multi-GB file.
-    """
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+def _from_nb201_file(path: Path) -> BenchmarkRecords:
+    """A NAS-Bench-201 ``.pth`` file, loaded by us with ``torch.load(..., weights_only=True)`` passed explicitly
+    (the official ``NASBench201API(path)`` calls ``torch.load`` without it, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+    in the environment would let a malicious file run code), numpy's scalar reconstruction admitted on top; the
+    records are then handed to the official API as data."""
     import torch
     from nas_201_api import NASBench201API
 
@@ -427,11 +435,18 @@ def _from_nb201_file(path: Path) -> BenchmarkRecords:
                           type(np.dtype(np.float64))]
     try:
         with torch.serialization.safe_globals(allowed):
-            api = NASBench201API(str(path), verbose=False)
-    except Exception as exc:  # torch and the API raise many types for unreadable or foreign files
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable, foreign or code-carrying files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise BenchmarkError(
-            f"cannot load NAS-Bench-201 file {str(path)!r}: {exc}; accepted are {ACCEPTED_FORMATS}"
+            f"cannot load NAS-Bench-201 file {str(path)!r}: {first}; accepted are {ACCEPTED_FORMATS}"
         ) from None
+    if not isinstance(data, dict):
+        raise BenchmarkError(f"{str(path)!r} holds a {type(data).__name__}, not a NAS-Bench-201 benchmark dict")
+    missing = [k for k in ("meta_archs", "arch2infos", "evaluated_indexes") if k not in data]
+    if missing:
+        raise BenchmarkError(f"{str(path)!r} is not a NAS-Bench-201 file: it lacks {missing}")
+    api = _official(lambda: NASBench201API(_Shared(data), verbose=False), str(path))
     return _from_api(api, str(path))
 
 

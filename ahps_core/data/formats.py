@@ -155,6 +155,20 @@ def _text_keys(entry: object, source: Path) -> dict[str, object]:
     return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
 
 
+def _int_labels(raw: object, path: Path, key: str) -> np.ndarray:
+    """The labels of a batch as int64: a list or array of integers, anything else (strings, floats, nested
+    lists) is a :class:`DataError` naming the file."""
+    try:
+        values = np.asarray(raw)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: {key!r} is not a list of integer labels ({exc})") from None
+    if values.dtype == object or not np.issubdtype(values.dtype, np.integer) \
+            or values.ndim != 1:
+        raise DataError(f"{path}: {key!r} holds {values.dtype} values of shape {values.shape}, expected a list of "
+                        "integer labels")
+    return values.astype(np.int64)
+
+
 def read_batches(
     directory: Path,
     names: Sequence[str],
@@ -190,7 +204,7 @@ def read_batches(
         ):
             got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise DataError(f"{path}: 'data' is {got}, expected a uint8 N x {3 * size * size} array")
-        target = np.asarray(entry[layout.label_key], dtype=np.int64) - label_offset
+        target = _int_labels(entry[layout.label_key], path, layout.label_key) - label_offset
         if target.shape != (data.shape[0],):
             raise DataError(f"{path}: {target.size} labels for {data.shape[0]} images")
         in_range = (target >= 0) & (target < num_classes)

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,31 @@ ATTEMPTS = 3
 _CHUNK = 1 << 20
 
 
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/prefix`` into ``(bucket, prefix)``; the prefix has no leading/trailing ``/``."""
-    if not uri.startswith("s3://"):
+    """Split ``s3://bucket/prefix`` into ``(bucket, prefix)``; the prefix has no leading/trailing ``/``.
+
+    The parts become local paths under the cache (``<cache>/s3/<bucket>/<prefix>``), so they are confined to it:
+    a bucket name is S3's (letters, digits, ``.``, ``-``, ``_``; no ``..``), and a prefix with a ``.`` or ``..``
+    segment, a backslash or a NUL is refused (``s3://bucket/../../x`` would write outside the cache)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
         raise ConfigError(f"not an S3 URI: {uri!r}; expected s3://bucket/prefix")
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if len(bucket) < 3:
         raise ConfigError(f"bad S3 URI {uri!r}: expected s3://bucket/prefix with a bucket name of 3+ characters")
-    return bucket, prefix.strip("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ConfigError(f"bad S3 URI {uri!r}: bucket {bucket!r} is not an S3 bucket name (letters, digits, '.', "
+                          "'-', '_')")
+    prefix = prefix.strip("/")
+    bad = [part for part in prefix.split("/") if part in (".", "..")]
+    if bad:
+        raise ConfigError(f"bad S3 URI {uri!r}: the key has a {bad[0]!r} segment, which would leave the local "
+                          "cache; give the key without '.' and '..'")
+    if "\\" in prefix or "\x00" in prefix:
+        raise ConfigError(f"bad S3 URI {uri!r}: the key holds a backslash or NUL character")
+    return bucket, prefix
 
 
 def make_client(endpoint_url: str | None = None) -> Any:

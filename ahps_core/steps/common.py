@@ -32,8 +32,17 @@ RANKING_REPORT_FILE = "ranking_report.json"
 
 
 def log(step: str, message: str) -> None:
-    """A progress line of a step (the local runner shows exactly these lines)."""
-    print(f"[ahps {step}] {message}", flush=True)
+    """A progress line of a step (the local runner shows exactly these lines); one line, credentials redacted."""
+    from ahps_core.errors import one_line, redact_secrets
+
+    print(f"[ahps {step}] {redact_secrets(one_line(message))}", flush=True)
+
+
+def log_journaled(step: str, tr, what: str) -> None:
+    """Say what did not reach MLflow (``tr`` journaled it, see :mod:`ahps_core.tracking.journal`), if anything."""
+    if tr.journaled:
+        log(step, f"{what}: MLflow unavailable ({tr.offline}): {tr.journaled} operation(s) not logged, kept in "
+                  f"{tr.journal.path}; `ahps sync` or the next run of run group {tr.run_group!r} replays them")
 
 
 def prepare_env(s3_endpoint: str = "") -> None:
@@ -78,11 +87,16 @@ def tracker(tracking_uri: str, experiment: str, run_group: str):
 def open_run_group(*, pipeline: str, tracking_uri: str, experiment: str, run_group: str, name: str,
                    params: Mapping[str, Any], tags: Mapping[str, Any], step: str):
     """``(tracker, parent run)`` of a pipeline run: the only place a parent run is created. The tracking store is
-    checked first (before anything is trained or fetched); the parent is created when missing, with the
+    checked first (before anything is trained or fetched), then what an earlier run of this group journaled is
+    replayed; the parent is created when missing (claimed: concurrent runs of the group share one), with the
     pipeline's parameters as params (a reused group with other params is a ConfigError) and ``tags``."""
-    from ahps_core.tracking import check_tracking_uri
+    from ahps_core.tracking import check_tracking_uri, journal_root, pending_files, replay
 
-    tr = tracker(check_tracking_uri(tracking_uri), experiment, run_group)
+    uri = check_tracking_uri(tracking_uri)
+    if pending_files(journal_root(), run_group):  # what an earlier run of this group could not log
+        report = replay(uri, journal_root(), run_group=run_group, log=lambda line: log(step, line))
+        log(step, report.line())
+    tr = tracker(uri, experiment, run_group)
     parent = tr.ensure_parent(name=name, params=dict(params), tags={"pipeline": pipeline, **tags})
     log(step, f"MLflow parent run {parent.run_id} ({'reused' if parent.reused else 'created'}), run group "
               f"{run_group!r}, experiment {experiment!r} ({tr.experiment_id})")

@@ -3,8 +3,10 @@
 Checkpoints live at ``<checkpoint_root>/<group>/<arch>/<arm>/<seed>/`` (a directory or an S3 prefix: downloaded
 before training, uploaded after every epoch), so a retried (preempted) task resumes where the last one stopped;
 with an empty root they live in the task's model artifact. Epoch metrics go to MLflow as step metrics as they
-come; a tracking failure during training does not stop it (the history is logged at the end). ``result.json`` is
-written to the model directory before anything is reported to MLflow.
+come, from a background thread (training never waits on MLflow; epochs a resumed run already holds are not logged
+again); when MLflow is unavailable they, and everything else the step logs, are journaled for a later replay
+(:mod:`ahps_core.tracking.journal`). ``result.json`` is written to the model directory before anything is
+reported to MLflow.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ahps_core.steps.common import (
     data_info,
     load_training_data,
     log,
+    log_journaled,
     tracker,
     train_config,
 )
@@ -79,7 +82,7 @@ def train_step(
     params.update(data_extra)
     params.update(dict(extra_params or {}))
     with tracked_step(tr, tr.key(arch, arm, seed), name=f"{arm} {arch} s{seed}", kind="train", identity=chash,
-                      tags=tags, params=params) as run:
+                      tags=tags, params=params, log=lambda line: log("train", line)) as run:
         if run.reused:
             summary = {**(run.summary or {}), "reused": True, "mlflow_run_id": run.run_id}
             write_json(model_path / RESULT_FILE, summary)
@@ -98,6 +101,7 @@ def train_step(
         run.summary = summary
     log("train", f"{label}: {summary['status']}, eval acc {fmt(summary.get('eval_acc'))} "
                  f"({summary['seconds']:.1f} s)")
+    log_journaled("train", tr, label)
     return summary
 
 
@@ -129,22 +133,17 @@ def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str
     pulled = sync.pull()
     if pulled:
         log("train", f"{label}: fetched {', '.join(pulled)} from {sync.location}")
-    logged_epochs: set[int] = set()
-    tracking_down: list[str] = []
+    logged_epochs: set[int] = run.logged_steps("train_loss")  # a resumed run: what reached MLflow before
 
     def on_epoch(record: dict[str, Any]) -> None:
         try:
             sync.push()
         except AhpsError as exc:  # the next epoch tries again; the final push must succeed
             log("train", f"{label}: checkpoint upload failed ({exc}); retrying after the next epoch")
-        if not tracking_down:
-            try:
-                run.log_history([record])
-                logged_epochs.add(int(record["epoch"]))
-            except AhpsError as exc:
-                tracking_down.append(str(exc))
-                log("train", f"{label}: MLflow unavailable ({exc}); training goes on, metrics are logged at the end")
         epoch = int(record["epoch"])
+        if epoch not in logged_epochs:
+            run.log_history_async([record])  # sent (or journaled) in the background: training goes on
+            logged_epochs.add(epoch)
         if epoch in (1, config.epochs) or epoch % max(1, config.epochs // 4) == 0:  # a few lines per training
             log("train", f"{label}: epoch {epoch}/{config.epochs} loss {fmt(record.get('train_loss'))} "
                          f"eval acc {fmt(record.get('eval_acc'))}")
@@ -172,13 +171,14 @@ def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str
     # 1. results to the output directory (the KFP artifact), 2. then to MLflow.
     write_json(model_path / RESULT_FILE, {**summary, "history": result.history, "config": result.config})
     if sync.local_dir != model_path / "checkpoint":
-        for name in ("checkpoint.pt", RESULT_FILE):
+        for name in ("checkpoint.json", "checkpoint.pt", RESULT_FILE):
             src = sync.local_dir / name
             if src.is_file():
                 (model_path / "checkpoint").mkdir(exist_ok=True)
                 shutil.copy2(src, model_path / "checkpoint" / name)
+    run.flush()
     missing = [r for r in result.history if int(r["epoch"]) not in logged_epochs]
-    if missing:
+    if missing:  # epochs of an earlier attempt (restored from the checkpoint) that never reached MLflow
         run.log_history(missing)
     run.log_metrics({"final_eval_acc": final.get("eval_acc"), "final_train_loss": final.get("train_loss"),
                      "final_train_acc": final.get("train_acc"), "images_per_s": result.images_per_s,

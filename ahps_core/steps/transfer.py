@@ -22,6 +22,7 @@ from ahps_core.steps.common import (
     accuracy_of,
     competition_ranks,
     log,
+    log_journaled,
     open_run_group,
     resolve_run_group,
     tracker,
@@ -51,6 +52,7 @@ def find_base_lr_step(
     summary = base_lr_step(tr, parent, family=family, dataset=dataset, data_source=data_source, base_lr=base_lr,
                            lr_grid=[float(x) for x in lr_grid], lr_seeds=int(lr_seeds), width=int(width),
                            out_dir=out_dir, s3_endpoint=s3_endpoint, split_file=split_file)
+    log_journaled("find-base-lr", tr, "LR search")
     return {**summary, "run_group": group}
 
 
@@ -102,6 +104,7 @@ def plan_step(
     parent = tr.ensure_parent()
     tr.log_dict(parent.run_id, jsonable(plan), "transfer/plan.json")
     tr.set_tags(parent.run_id, {"ahps.targets_planned": len(planned), "ahps.targets_skipped": len(skipped)})
+    log_journaled("transfer", tr, "plan")
     if not items:
         log("transfer", "no target can be trained (all skipped): nothing to train")
     return items
@@ -212,13 +215,17 @@ def compare_step(
     (out / SUMMARY_MD_FILE).write_text(format_markdown(summary))
 
     tr = tracker(tracking_uri, experiment, run_group)
-    inputs = stable_hash(sorted((r.get("mlflow_run_id") or "", str(r.get("arch")), arm_of(r), str(r.get("seed")))
+    # what was trained and its outcome, not where it was logged (a run logged while MLflow was down has a
+    # placeholder id until the journal is replayed: the same inputs then must not record the comparison again)
+    inputs = stable_hash(sorted((str(r.get("config_hash") or r.get("mlflow_run_id") or ""), str(r.get("arch")),
+                                 arm_of(r), str(r.get("seed")), str(r.get("status")), str(r.get("eval_acc")))
                                 for r in results))
     parent = tr.ensure_parent()
     with tracked_step(tr, tr.key(COMPARE_KEY), name="compare autoscaled vs fixed", kind="compare", identity=inputs,
                       identity_tag=INPUTS_HASH_TAG, tags={"family": family, "dataset": dataset,
                                                           "rule": plan.get("rule"),
-                                                          "convention": plan.get("convention")}) as run:
+                                                          "convention": plan.get("convention")},
+                      log=lambda line: log("compare", line)) as run:
         if run.reused:
             log("compare", f"reused the finished comparison run {run.run_id} (same trainings)")
         else:
@@ -249,4 +256,5 @@ def compare_step(
     write_json(out / SUMMARY_FILE, summary)
     log("compare", f"{len(rows)} architectures, tau-b {fmt(stats.get('kendall_tau_b'), '.3f')}, mean delta "
                    f"{fmt(stats.get('mean_accuracy_delta'), '+.4f')}; comparison run {run.run_id}")
+    log_journaled("compare", tr, "comparison")
     return summary

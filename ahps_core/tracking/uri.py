@@ -1,6 +1,7 @@
 """Where the MLflow tracking store is and whether it can be used: URI resolution, the up-front check
-(:func:`check_tracking_uri`, a few ms, no mlflow import), credential redaction for messages, and the local
-SQLite store's layout. No mlflow import here."""
+(:func:`check_tracking_uri`: retried with backoff within the tracking time budget of
+:mod:`ahps_core.tracking.policy`, no mlflow import), credential redaction for messages, and the local SQLite
+store's layout. No mlflow import here."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import base64
 import os
 import socket
 import sqlite3
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from ahps_core.errors import ConfigError, TrackingError
+from ahps_core.errors import ConfigError, TrackingError, redact_secrets
+from ahps_core.tracking import policy
 
 
 def local_store_uri(directory: str | os.PathLike[str] = "mlruns") -> str:
@@ -67,11 +70,14 @@ def auth_headers() -> dict[str, str]:
     return {}
 
 
-def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
+def check_tracking_uri(uri: str | None, *, timeout: float | None = None) -> str:
     """Check that the tracking store ``uri`` can be used, before any work is done; returns the resolved URI.
 
-    * ``http(s)://``: the server answers (``/health``, else the REST API) within ``timeout`` seconds and does
-      not refuse our credentials (``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``);
+    * ``http(s)://``: the host may receive our credentials (:func:`~ahps_core.tracking.policy.check_credential_host`),
+      and the server answers (``/health``, else the REST API) and does not refuse our credentials
+      (``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, else a ``user:password@`` in the
+      URI); a server that is down, busy or restarting is asked again with backoff for ``timeout`` seconds
+      (default: the tracking time budget, ``$AHPS_TRACKING_TIMEOUT_S``);
     * ``sqlite:///``: the database's directory exists or can be created and is writable, and an existing file
       is a SQLite database;
     * ``file:`` / plain paths: the directory can be created and written;
@@ -82,7 +88,8 @@ def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
     uri = resolve_tracking_uri(uri)
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     if scheme in ("http", "https"):
-        _check_http(uri, timeout)
+        policy.check_credential_host(uri)
+        _check_http(uri, policy.budget_s() if timeout is None else timeout)
     elif scheme == "sqlite":
         _check_sqlite(uri)
     elif scheme in ("", "file"):
@@ -92,7 +99,7 @@ def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
         parsed = urllib.parse.urlparse(uri)
         port = parsed.port or {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}[scheme.split("+")[0]]
         try:
-            with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
+            with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout or 5.0):
                 pass
         except OSError as exc:
             raise TrackingError(f"MLflow backend store {redact(uri)} cannot be reached: {exc}") from None
@@ -100,51 +107,92 @@ def check_tracking_uri(uri: str | None, *, timeout: float = 5.0) -> str:
         pass  # credentials come from the Databricks config; mlflow reports problems itself
     else:
         raise TrackingError(
-            f"unsupported MLflow tracking URI {uri!r}: accepted are http(s)://host:port, sqlite:///path/mlflow.db, "
-            "a directory, postgresql://..., mysql://..."
+            f"unsupported MLflow tracking URI {redact(uri)!r}: accepted are http(s)://host:port, "
+            "sqlite:///path/mlflow.db, a directory, postgresql://..., mysql://..."
         )
     return uri
 
 
 def redact(uri: str) -> str:
-    """``uri`` with the password of a ``user:password@`` part replaced by ``***`` (for messages and logs)."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.password:
-        return uri.replace(f":{parsed.password}@", ":***@")
-    return uri
+    """``uri`` with the password of a ``user:password@`` part and secret-looking query values replaced by ``***``
+    (for messages and logs; :func:`ahps_core.errors.redact_secrets`)."""
+    return redact_secrets(uri)
+
+
+def split_userinfo(uri: str) -> tuple[str, dict[str, str]]:
+    """``(uri without user:password@, its Authorization header)``: urllib cannot open a URL with user info, and
+    the password must not reach a message."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri, {}
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {raw}"}
+
+
+class _Refused(Exception):
+    """A definite answer (not worth asking again)."""
 
 
 def _check_http(uri: str, timeout: float) -> None:
-    base = uri.rstrip("/")
-    headers = auth_headers()
+    try:
+        base, uri_auth = split_userinfo(uri.rstrip("/"))
+    except ValueError as exc:
+        raise TrackingError(f"MLflow tracking URI {redact(uri)!r} is malformed: {exc}") from None
+    headers = auth_headers() or uri_auth
+    shown = redact(uri)
 
-    def get(path: str) -> int:
+    def get(path: str, deadline: float) -> int:
         req = urllib.request.Request(base + path, headers=headers)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=max(1.0, min(10.0, deadline - time.monotonic()))) as resp:
             return resp.status
 
-    try:
+    def probe() -> None:
+        deadline = time.monotonic() + timeout
         try:
-            get("/health")
-            get("/api/2.0/mlflow/experiments/search?max_results=1")
+            try:
+                get("/health", deadline)
+                get("/api/2.0/mlflow/experiments/search?max_results=1", deadline)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+                get("/api/2.0/mlflow/experiments/search?max_results=1", deadline)  # no /health: ask the API
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise TrackingError(
-                    f"MLflow tracking server {uri} refused the request (HTTP {exc.code}): set "
-                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
-                ) from None
-            if exc.code != 404:
-                raise
-            get("/api/2.0/mlflow/experiments/search?max_results=1")  # no /health: ask the API itself
-    except TrackingError:
-        raise
+                raise _Refused(f"MLflow tracking server {shown} refused the request (HTTP {exc.code}): set "
+                               "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN") from None
+            if exc.code < 500 and exc.code != 429:
+                raise _Refused(f"MLflow tracking server {shown} answered HTTP {exc.code} {exc.reason}; is it an "
+                               "MLflow tracking server?") from None
+            raise
+
+    def transient(exc: BaseException) -> bool:
+        if isinstance(exc, _Refused):
+            return False
+        if isinstance(exc, urllib.error.HTTPError):
+            return exc.code >= 500 or exc.code == 429
+        reason = getattr(exc, "reason", exc)
+        return not isinstance(reason, socket.gaierror) and isinstance(reason, (OSError, TimeoutError))
+
+    started = time.monotonic()
+    try:
+        policy.retry(probe, transient=transient, budget=timeout)
+    except _Refused as exc:
+        raise TrackingError(str(exc)) from None
     except urllib.error.HTTPError as exc:
-        raise TrackingError(f"MLflow tracking server {uri} answered HTTP {exc.code} {exc.reason}; is it an MLflow "
-                            "tracking server?") from None
+        raise TrackingError(f"MLflow tracking server {shown} answered HTTP {exc.code} {exc.reason} for "
+                            f"{time.monotonic() - started:.0f} s; is it overloaded?") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow tracking server {uri} cannot be reached: {reason}; start it or pass another "
-                            "tracking URI") from None
+        waited = time.monotonic() - started
+        after = f" (asked for {waited:.0f} s)" if waited >= 1 else ""
+        raise TrackingError(f"MLflow tracking server {shown} cannot be reached: {reason}{after}; start it or pass "
+                            "another tracking URI") from None
 
 
 def _check_writable_dir(path: Path, uri: str) -> None:
