@@ -34,22 +34,16 @@ Query semantics (Dong & Yang, "NAS-Bench-201", ICLR 2020, §2.3 and Table 5; Don
   777, 888 and 999 (:data:`EXPECTED_SEEDS`); NB201 v1_1 trained some architectures once or twice, and a
   :class:`Record` then names the seeds it lacks.
 
-Loading: NB201 ``.pth`` files are loaded by ahps with ``torch.load(..., weights_only=True)`` passed explicitly
-(never through the official API's own ``torch.load``, whose default an environment variable can turn off), numpy's
-scalar reconstruction admitted on top, as records may hold numpy floats (NATS-Bench's do), and handed to
-``NASBench201API`` as data. NATS-Bench
-``.pickle.pbz2`` files are unpickled with an allow-list (``collections.OrderedDict``, numpy scalars and dtypes):
-the official ``pickle_load`` runs an unrestricted ``pickle.load``. The decoded records are handed to the
-official ``ArchResults.create_from_state_dict``, so metric lookup stays the official code.
+Loading (:mod:`ahps_core.benchmarks.files`: no file's bytes ever run code): NB201 ``.pth`` files with
+``torch.load(..., weights_only=True)`` passed explicitly, handed to ``NASBench201API`` as data; NATS-Bench
+``.pickle.pbz2`` files through an allow-list unpickler, handed to the official ``ArchResults.create_from_state_dict``,
+so metric lookup stays the official code.
 """
 
 from __future__ import annotations
 
-import bz2
-import collections
 import math
 import os
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ahps_core.benchmarks.files import Shared, load_nb201_pth, load_pbz2
 from ahps_core.errors import BenchmarkError, ConfigError
 from ahps_core.graph import ArchGraph, nb201_arch_string
 
@@ -68,8 +63,6 @@ EXPECTED_SEEDS = (777, 888, 999)
 _EXT = ".pickle.pbz2"
 _META = "meta" + _EXT
 _ARCH_FILE = re.compile(r"^(\d+)\.pickle\.pbz2$")
-# numpy's scalar reconstructor (numpy 2 moved it from numpy.core to numpy._core; old files name numpy.core).
-_NP_SCALAR = np.float64(0).__reduce__()[0]
 
 
 @dataclass(frozen=True)
@@ -357,7 +350,7 @@ def open_benchmark(path_or_obj: str | os.PathLike | Mapping | Any) -> BenchmarkR
     if path.name.endswith(".pth"):
         return _from_nb201_file(path)
     if path.name.endswith(_EXT):
-        data = _load_pbz2(path)
+        data = load_pbz2(path)
         if not isinstance(data, Mapping):
             raise BenchmarkError(f"{str(path)!r} holds a {type(data).__name__}, not a NATS-Bench benchmark dict")
         if HP in data:
@@ -373,14 +366,14 @@ def _from_simple_dir(path: Path) -> BenchmarkRecords:
     """Lazy reader of a ``-simple`` directory, as ``NATStopology(fast_mode=True)`` does in ``reload``."""
     from nats_bench.api_utils import ArchResults
 
-    meta = _load_pbz2(path / _META)
+    meta = load_pbz2(path / _META)
     if not isinstance(meta, Mapping) or "meta_archs" not in meta:
         raise BenchmarkError(f"{str(path / _META)!r} has no 'meta_archs': not a NATS-Bench topology meta file")
     meta_archs = list(meta["meta_archs"])
     files = _arch_files(path, len(meta_archs))
 
     def load(index: int) -> Any:
-        data = _load_pbz2(files[index])
+        data = load_pbz2(files[index])
         if not isinstance(data, Mapping) or HP not in data:
             raise BenchmarkError(f"{str(files[index])!r} has no {EPOCHS}-epoch results (key {HP!r})")
         return ArchResults.create_from_state_dict(data[HP])
@@ -415,38 +408,13 @@ def _from_dict(data: Mapping, source: str) -> BenchmarkRecords:
     return _from_api(api, source)
 
 
-class _Shared(dict):
-    """A dict the official API may "deep-copy" for free: it is ours, freshly loaded, and nobody else holds it (the
-    API deep-copies a dict it is given, which would double the memory of a multi-GB file)."""
-
-    def __deepcopy__(self, memo: dict) -> _Shared:
-        return self
-
-
 def _from_nb201_file(path: Path) -> BenchmarkRecords:
-    """A NAS-Bench-201 ``.pth`` file, loaded by us with ``torch.load(..., weights_only=True)`` passed explicitly
-    (the official ``NASBench201API(path)`` calls ``torch.load`` without it, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
-    in the environment would let a malicious file run code), numpy's scalar reconstruction admitted on top; the
-    records are then handed to the official API as data."""
-    import torch
+    """A NAS-Bench-201 ``.pth`` file, loaded by :func:`~ahps_core.benchmarks.files.load_nb201_pth` (weights only)
+    and handed to the official API as data."""
     from nas_201_api import NASBench201API
 
-    allowed: list[Any] = [_NP_SCALAR, (_NP_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
-                          type(np.dtype(np.float64))]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for unreadable, foreign or code-carrying files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise BenchmarkError(
-            f"cannot load NAS-Bench-201 file {str(path)!r}: {first}; accepted are {ACCEPTED_FORMATS}"
-        ) from None
-    if not isinstance(data, dict):
-        raise BenchmarkError(f"{str(path)!r} holds a {type(data).__name__}, not a NAS-Bench-201 benchmark dict")
-    missing = [k for k in ("meta_archs", "arch2infos", "evaluated_indexes") if k not in data]
-    if missing:
-        raise BenchmarkError(f"{str(path)!r} is not a NAS-Bench-201 file: it lacks {missing}")
-    api = _official(lambda: NASBench201API(_Shared(data), verbose=False), str(path))
+    data = load_nb201_pth(path, ACCEPTED_FORMATS)
+    api = _official(lambda: NASBench201API(Shared(data), verbose=False), str(path))
     return _from_api(api, str(path))
 
 
@@ -469,34 +437,3 @@ def _official(call: Callable[[], Any], source: str) -> Any:
         return call()
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError) as exc:
         raise BenchmarkError(f"{source}: the benchmark API refused the records: {exc}") from None
-
-
-# --- safe unpickling of NATS-Bench files ---------------------------------------------------------------------
-
-_NATS_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("numpy.core.multiarray", "scalar"): _NP_SCALAR,
-    ("numpy._core.multiarray", "scalar"): _NP_SCALAR,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _NatsUnpickler(pickle.Unpickler):
-    """Resolves only :data:`_NATS_GLOBALS` (what NATS-Bench files reference, checked with ``pickletools``)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _NATS_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refused global {module}.{name}: NATS-Bench files may only reference "
-                + ", ".join(f"{m}.{n}" for m, n in _NATS_GLOBALS)
-            ) from None
-
-
-def _load_pbz2(path: Path) -> Any:
-    try:
-        with bz2.open(path, "rb") as fh:
-            return _NatsUnpickler(fh).load()
-    except Exception as exc:  # any failure to decode an untrusted file is a benchmark error, not a bug
-        raise BenchmarkError(f"cannot read NATS-Bench file {str(path)!r}: {exc}") from None
