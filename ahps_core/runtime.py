@@ -28,14 +28,12 @@ from torch import nn
 
 from ahps_core.checks import check_choice
 from ahps_core.errors import ConfigError
+from ahps_core.train_config import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
 if TYPE_CHECKING:
     from ahps_core.data import DatasetSplit, DeviceLoader
-    from ahps_core.train import TrainConfig
+    from ahps_core.train_config import TrainConfig
 
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "bf16", "off")
-CHANNELS_LAST_MODES = ("auto", "on", "off")
 EVAL_BATCH = 1024
 
 

@@ -120,7 +120,7 @@ def train_config(
     (TrainConfig's) value. Evaluation runs at least at the last epoch.
     """
     from ahps_core.presets import default_preset, default_width, preset_values
-    from ahps_core.train import TrainConfig
+    from ahps_core.train_config import TrainConfig
 
     values = preset_values(train_recipe or default_preset(family), family=family, dataset=dataset)
     if family in ("mlp", "cnn") and values.get("width") is None:
