@@ -195,6 +195,15 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
     return {"class": type(model).__name__, "state": stable_hash(shapes)}
 
 
+def run_hash(config: TrainConfig, data: DatasetSplit, model: nn.Module | None = None) -> str:
+    """The hash a run's checkpoint and result files carry: the configuration, the data (name and training size)
+    and, for a caller-given ``model``, its :func:`model_signature`."""
+    extra: dict[str, Any] = {"data": data.name, "train_images": len(data.train)}
+    if model is not None:
+        extra["model"] = model_signature(model)
+    return config.hash(extra)
+
+
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
@@ -239,10 +248,7 @@ def train(
     optimizer = make_optimizer(model, config)
     num_params = sum(p.numel() for p in model.parameters())
 
-    extra: dict[str, Any] = {"data": data.name, "train_images": len(data.train)}
-    if custom_model:
-        extra["model"] = model_signature(model)
-    config_hash = config.hash(extra)
+    config_hash = run_hash(config, data, model if custom_model else None)
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
 
     history: list[dict[str, Any]] = []

@@ -116,7 +116,7 @@ def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     check_choice("device", p["device"], DEVICES)
     _targets(p)
     _seeds(p["seeds"])
-    _minimums(p, {"epochs": 1, "lr_seeds": 1, "batch_size": 0, "width": 0, "max_steps_per_epoch": 0})
+    _minimums(p, {"epochs": 1, "lr_seeds": 1, "batch_size": 0, "width": 0, "max_steps_per_epoch": 0, "pack": 0})
     _lrs(p, ("base_lr", "fixed_lr"))
     if p["train_recipe"]:
         check_choice("train_recipe", p["train_recipe"], PRESETS)
@@ -211,7 +211,7 @@ def check_reevaluate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     check_choice("dedup rule", p["dedup"], DEDUP_RULES)
     check_choice("select_by", p["select_by"], SELECT_BY)
     _minimums(p, {"sample_size": 1, "sample_seed": 0, "epochs": 1, "lr_seeds": 1, "C": 1, "N": 1, "batch_size": 0,
-                  "max_steps_per_epoch": 0, "n_boot": 0})
+                  "max_steps_per_epoch": 0, "n_boot": 0, "pack": 0})
     _seeds(p["seeds"])
     topk = p["topk"]
     if not topk or not all(is_number(k) and 0 < k <= 100 for k in topk):
