@@ -37,8 +37,12 @@ def log(step: str, message: str) -> None:
 
 def prepare_env(s3_endpoint: str = "") -> None:
     """Per-task environment: the S3 endpoint (data, checkpoints, MLflow's client-side S3 artifacts), a usable
-    dataset cache dir, quiet MLflow. Credentials are never parameters: they come from the environment
-    (Kubernetes secrets as env vars on a cluster)."""
+    dataset cache dir, quiet MLflow, and in a kfp executor process the fast exit once the task is done
+    (:mod:`ahps_core.fast_exit`). Credentials are never parameters: they come from the environment (Kubernetes
+    secrets as env vars on a cluster)."""
+    from ahps_core import fast_exit
+
+    fast_exit.install()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
     if s3_endpoint:
