@@ -13,9 +13,11 @@ grouped convolutions), one forward/backward/update per step, each run with its o
 init, its own data order (the :class:`~ahps_core.data.DeviceLoader` stream of its seed) and its own divergence
 detection, as in ``train()``: on CPU every run's loss is read each step, and a run whose loss is not finite stops
 there, before the update (it is masked out of the step and dropped from the stack at the end of the epoch); on
-CUDA nothing is read inside the step (:class:`PackWatch`). On CPU stacked runs equal their own ``train()`` run
-bit for bit (tested: losses, accuracies, weights). Runs resumed at different epochs train together, each at its
-own epoch. Otherwise (``stack`` off, or convolutional networks on CPU, where grouped convolutions gain nothing)
+CUDA nothing is read inside the step (:class:`PackWatch`). On CPU stacked MLP runs equal their own ``train()`` run
+to float rounding: bit for bit (losses, accuracies, weights) at the widths tested, among them ``make run``'s, and
+within 1e-7 relative where MKL takes another kernel for a small batched matmul (width 16); stacked convolutional
+networks agree within the tolerances ``tests/test_packed.py`` states. Runs resumed at different epochs train
+together, each at its own epoch. Otherwise (``stack`` off, or convolutional networks on CPU, where grouped convolutions gain nothing)
 the runs train one after another with ``train()`` in this process.
 
 Per-run timings: ``seconds`` and ``images_per_s`` of a stacked run are those of the stack it trained in (the

@@ -40,6 +40,8 @@ def losses(result) -> list[float]:
 
 
 def test_mlp_pack_is_bit_identical_to_separate_runs(digits, tmp_path):
+    """At this width (32) the batched matmuls give each run exactly its own matmuls' bits on this CPU (as at make
+    run's width 128); other widths may differ in the last bits (tests/test_pack_step.py states the tolerance)."""
     configs = [c.replace(checkpoint_dir=str(tmp_path / f"r{i}")) for i, c in enumerate(arms_and_seeds(mlp))]
     assert use_stack("auto", torch.device("cpu"), build_config_model(configs[0], digits))
     packed = train_pack(configs, data=digits)
