@@ -10,9 +10,10 @@ K-run version, so the stacked network computes all K runs in one pass, each run 
 * ``nn.Linear(in, out)`` -> :class:`StackedLinear`: weights ``[K, in, out]`` (transposed), one batched matmul
   (``torch.baddbmm``) over the K runs.
 
-Activations travel run-major along the channel (feature) axis: ``[B, K*C, H, W]`` or ``[B, K*F]``, block ``k``
-being run ``k``'s. Element-wise ops, pooling, flattening and sums of same-layout tensors therefore act per run
-unchanged. The model's last ``nn.Linear`` (the readout) returns ``[K, B, classes]``. On CPU every run's logits
+Convolutional activations travel run-major along the channel axis, ``[B, K*C, H, W]``, block ``k`` being run
+``k``'s; linear layers take ``[B, K*F]`` (a flattened or pooled feature map) or ``[K, B, F]`` and return
+``[K, B, F]``. Element-wise ops, pooling, flattening and sums of same-layout tensors therefore act per run
+unchanged, and the readout (the model's last layer must be an ``nn.Linear``) returns ``[K, B, classes]``. On CPU every run's logits
 and gradients are bit-identical to the run's own network (the batched matmul and the grouped convolution compute
 each block with the same kernels; tested); on GPU they agree to floating-point tolerance.
 
@@ -38,24 +39,24 @@ STACKED_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 
 
 class StackedLinear(nn.Module):
-    """K ``nn.Linear(in, out)`` as one module: input ``[B, K*in]`` (run-major), output ``[B, K*out]``, or
-    ``[K, B, out]`` for the readout (``readout=True``). The weights are stored transposed, ``[K, in, out]``, so
-    neither the batched matmul nor its backward transposes a weight-sized tensor."""
+    """K ``nn.Linear(in, out)`` as one module: input ``[B, K*in]`` (run-major features) or ``[K, B, in]``, output
+    ``[K, B, out]``, so a chain of them (an MLP: linear layers, ReLUs and sums) runs in the ``[K, B, F]`` layout
+    with no transposes, and the readout returns ``[K, B, classes]``. The weights are stored transposed,
+    ``[K, in, out]``, so neither the batched matmul nor its backward transposes a weight-sized tensor."""
 
-    def __init__(self, layers: Sequence[nn.Linear], *, readout: bool) -> None:
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
         super().__init__()
         first = layers[0]
-        self.runs, self.in_features, self.out_features, self.readout = (
-            len(layers), first.in_features, first.out_features, readout)
+        self.runs, self.in_features, self.out_features = len(layers), first.in_features, first.out_features
         self.weight = nn.Parameter(torch.stack([m.weight.detach().t() for m in layers]).contiguous())
         self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers])) if first.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        xt = x.reshape(b, self.runs, self.in_features).transpose(0, 1)
-        y = torch.bmm(xt, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), xt,
-                                                                               self.weight)
-        return y if self.readout else y.transpose(0, 1).reshape(b, self.runs * self.out_features)
+        if x.dim() == 2:  # [B, K*in] -> a [K, B, in] view
+            x = x.reshape(x.shape[0], self.runs, self.in_features).transpose(0, 1)
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
 def stackable(model: nn.Module) -> str:
@@ -111,7 +112,6 @@ class ModelStack:
             raise ConfigError(f"cannot stack {type(models[0]).__name__}: {why}")
         self.runs = len(models)
         self.shapes = {k: tuple(v.shape) for k, v in models[0].state_dict().items()}
-        linears = [n for n, m in models[0].named_modules() if isinstance(m, nn.Linear)]
         module = copy.deepcopy(models[0])
         for name, m in list(models[0].named_modules()):
             if not isinstance(m, STACKED_TYPES):
@@ -123,7 +123,7 @@ class ModelStack:
             elif isinstance(m, nn.BatchNorm2d):
                 new = _stack_bn(group)  # type: ignore[arg-type]
             else:
-                new = StackedLinear(group, readout=name == linears[-1])  # type: ignore[arg-type]
+                new = StackedLinear(group)  # type: ignore[arg-type]
             parent, _, child = name.rpartition(".")
             setattr(module.get_submodule(parent) if parent else module, child, new)
         self.module = module
@@ -179,6 +179,9 @@ class ModelStack:
 def per_run_loss(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
     """Each run's mean cross-entropy: ``logits`` ``[K, B, classes]``, ``labels`` ``[K, B]`` (computed per run, as a
     single run computes it, so the values and gradients are the single run's)."""
+    if logits.dim() != 3 or logits.shape[:2] != labels.shape:
+        raise ConfigError(f"a stacked network returned {tuple(logits.shape)} for labels {tuple(labels.shape)}; "
+                          "expected [K, B, classes]: its last layer must be an nn.Linear readout")
     return [F.cross_entropy(out.float(), y) for out, y in zip(logits.unbind(0), labels.unbind(0), strict=True)]
 
 

@@ -3,14 +3,16 @@
 Checkpoints live at ``<checkpoint_root>/<group>/<arch>/<arm>/<seed>/`` (a directory or an S3 prefix: downloaded
 before training, uploaded after every epoch), so a retried (preempted) task resumes where the last one stopped;
 with an empty root they live in the task's model artifact. Epoch metrics go to MLflow as step metrics as they
-come; a tracking failure during training does not stop it (the history is logged at the end). ``result.json`` is
-written to the model directory before anything is reported to MLflow.
+come (at most every :data:`EPOCH_LOG_INTERVAL_S` per run); a tracking failure during training does not stop it
+(the history is logged at the end). ``result.json`` is written to the model directory before anything is
+reported to MLflow.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,9 +164,16 @@ def _checkpoint_sync(checkpoint_root: str, run_group: str, arch: str, arm: str, 
     return CheckpointSync(location, scratch, endpoint_url=s3_endpoint or None), scratch
 
 
+#: Epoch metrics go to MLflow as they come, but at most every this many seconds per run (the first epoch at
+#: once): every logging call is a database transaction, and a short run's epochs take milliseconds. What is not
+#: logged yet is logged when the training ends (the same metrics at the same steps).
+EPOCH_LOG_INTERVAL_S = 10.0
+
+
 class RunRecorder:
     """The bookkeeping of one training around the engine: its checkpoint location (pulled on start, pushed after
-    every epoch), the epoch metrics to MLflow as they come (:meth:`on_epoch`, the engine's callback), and the
+    every epoch), the epoch metrics to MLflow as they come (:meth:`on_epoch`, the engine's callback; at most every
+    :data:`EPOCH_LOG_INTERVAL_S`), and the
     summary, files and final metrics once it is done (:meth:`finish`). ``config`` is the training's configuration
     with its local checkpoint directory."""
 
@@ -178,6 +187,8 @@ class RunRecorder:
         self.config = spec.config.replace(checkpoint_dir=str(self.sync.local_dir))
         self.logged_epochs: set[int] = set()
         self.tracking_down: list[str] = []
+        self.pending: list[dict[str, Any]] = []
+        self.last_logged: float | None = None
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         label, config = self.spec.label, self.spec.config
@@ -185,10 +196,14 @@ class RunRecorder:
             self.sync.push()
         except AhpsError as exc:  # the next epoch tries again; the final push must succeed
             log("train", f"{label}: checkpoint upload failed ({exc}); retrying after the next epoch")
-        if not self.tracking_down:
+        self.pending.append(record)
+        now = time.monotonic()
+        due = self.last_logged is None or now - self.last_logged >= EPOCH_LOG_INTERVAL_S
+        if due and not self.tracking_down:
             try:
-                self.run.log_history([record])
-                self.logged_epochs.add(int(record["epoch"]))
+                self.run.log_history(self.pending)
+                self.logged_epochs.update(int(r["epoch"]) for r in self.pending)
+                self.pending, self.last_logged = [], now
             except AhpsError as exc:
                 self.tracking_down.append(str(exc))
                 log("train", f"{label}: MLflow unavailable ({exc}); training goes on, metrics are logged at the end")
