@@ -20,6 +20,7 @@ its traceback and non-zero status, untouched. Anywhere else (tests, the CLI, a n
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from typing import Any
@@ -65,10 +66,8 @@ def _exit_now() -> None:
 
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
             stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
     os._exit(0)
 
 

@@ -17,8 +17,8 @@ CUDA nothing is read inside the step (:class:`PackWatch`). On CPU stacked MLP ru
 to float rounding: bit for bit (losses, accuracies, weights) at the widths tested, among them ``make run``'s, and
 within 1e-7 relative where MKL takes another kernel for a small batched matmul (width 16); stacked convolutional
 networks agree within the tolerances ``tests/test_packed.py`` states. Runs resumed at different epochs train
-together, each at its own epoch. Otherwise (``stack`` off, or convolutional networks on CPU, where grouped convolutions gain nothing)
-the runs train one after another with ``train()`` in this process.
+together, each at its own epoch. Otherwise (``stack`` off, or convolutional networks on CPU, where grouped
+convolutions gain nothing) the runs train one after another with ``train()`` in this process.
 
 Per-run timings: ``seconds`` and ``images_per_s`` of a stacked run are those of the stack it trained in (the
 runs shared the same wall time).

@@ -120,8 +120,8 @@ def test_a_diverging_run_leaves_the_pack_as_it_leaves_train(digits):
 def _conv_case(tmp_path, family: str):
     if family == "cnn":
         data = load_dataset("digits")
-        make = lambda **kw: mlp(family="cnn", arch="2_02", width=8, batch_size=16, max_steps_per_epoch=6,
-                                epochs=2, **kw)  # noqa: E731
+        def make(**kw):
+            return mlp(family="cnn", arch="2_02", width=8, batch_size=16, max_steps_per_epoch=6, epochs=2, **kw)
     else:
         root = tmp_path / "data"
         write_synthetic_datasets(root)
@@ -129,10 +129,10 @@ def _conv_case(tmp_path, family: str):
         from ahps_core.steps.common import load_training_data
 
         data = load_training_data("cifar10", str(root), checksums_file=str(root / SYNTHETIC_MANIFEST))
-        make = lambda **kw: TrainConfig(family="nb201", arch="3_21_013", dataset="cifar10", C=4, N=1, epochs=2,
-                                        batch_size=16, max_steps_per_epoch=2, momentum=0.9, nesterov=True,
-                                        weight_decay=5e-4, schedule="cosine", device="cpu",
-                                        **{**kw, "lr": kw["lr"] / 5})  # noqa: E731
+        def make(**kw):
+            return TrainConfig(family="nb201", arch="3_21_013", dataset="cifar10", C=4, N=1, epochs=2, batch_size=16,
+                               max_steps_per_epoch=2, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                               schedule="cosine", device="cpu", **{**kw, "lr": kw["lr"] / 5})
     return data, make
 
 
