@@ -130,9 +130,10 @@ def packed_vs_single(arch: str, seeds: tuple[int, ...], work: Path, repeats: int
 
     torch.set_num_threads(1)
     uri = local_store_uri(str(work / "mlruns"))
-    common = dict(family="mlp", dataset="digits", data_source="", epochs=20, train_recipe="", batch_size=0, width=0,
-                  max_steps_per_epoch=0, device="cpu", rule="sum-cubed", convention="reference", tracking_uri=uri,
-                  experiment="ahps-bench", checkpoint_root="", s3_endpoint="")
+    common: dict[str, Any] = dict(
+        family="mlp", dataset="digits", data_source="", epochs=20, train_recipe="", batch_size=0, width=0,
+        max_steps_per_epoch=0, device="cpu", rule="sum-cubed", convention="reference", tracking_uri=uri,
+        experiment="ahps-bench", checkpoint_root="", s3_endpoint="")
 
     def plan(group: str) -> list[dict[str, Any]]:
         tracker(uri, "ahps-bench", group).ensure_parent(name=group)
