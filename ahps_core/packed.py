@@ -178,7 +178,8 @@ def train_pack(
             results[i] = TrainResult.from_dict(finished)
         else:
             pending.append(run)
-    if pending and (len(pending) == 1 or not use_stack(stack, device, pending[0].model)):
+    alone = len(pending) == 1 and stack != "on"  # one run: train() itself, unless the stack is asked for
+    if pending and (alone or not use_stack(stack, device, pending[0].model)):
         for run in pending:
             results[run.index] = train(run.config, data=data, callback=hooks[run.index], progress=progress)
     elif pending:

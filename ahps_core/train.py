@@ -26,8 +26,10 @@ metrics and weights as an uninterrupted run (bit for bit on CPU: the data order 
 again returns that result without training. A checkpoint of a *different* configuration is an error.
 
 Speed (:mod:`ahps_core.runtime`; CUDA): bf16 autocast, channels_last for convolutional models, device-resident
-data, metrics accumulated on the device and read once per epoch. CPU: channels_last for convolutional models
-(about 3x NCHW); bf16 autocast only when asked (``amp="bf16"``), as it changes numerics.
+data, metrics accumulated on the device and read once per epoch; with ``step_mode`` ``graphs`` or ``compile`` the
+run goes to the packed engine (:mod:`ahps_core.packed_gpu`: the step replayed from a CUDA graph, or compiled).
+CPU: fp32, channels_last for convolutional models (``ahps bench train`` measures what it gains on the machine at
+hand: README "Benchmarks"); bf16 autocast only when asked (``amp="bf16"``), as it changes numerics.
 
 This module never imports mlflow: ``callback(epoch_record)`` is the hook the tracking adapter uses.
 """
@@ -225,6 +227,12 @@ def train(
     """
     config = config.validated()
     device = resolve_device(config.device)
+    if model is None and device.type == "cuda" and config.step_mode != "eager":
+        from ahps_core.packed import train_pack
+        from ahps_core.packed_gpu import resolve_step_mode
+
+        if resolve_step_mode(config.step_mode, device) != "eager":  # CUDA graphs / torch.compile: the packed engine
+            return train_pack([config], data=data, callbacks=[callback], progress=progress, stack="on")[0]
     if data is None:
         data = load_data(config)
     custom_model = model is not None

@@ -87,11 +87,11 @@ class NaiveAugmentDataset(torch.utils.data.Dataset):
         return (x - self.mean) / self.std, self.labels[i]
 
 
-def _nb201_model(spec: str, seed: int):
+def _nb201_model(spec: str, seed: int, C: int = 16, N: int = 5):
     from ahps_core.models import build_model
     from ahps_core.specs import parse_arch
 
-    return build_model(parse_arch(spec, "nb201"), num_classes=10, in_shape=(3, 32, 32),
+    return build_model(parse_arch(spec, "nb201"), num_classes=10, in_shape=(3, 32, 32), C=C, N=N,
                        generator=torch.Generator().manual_seed(seed))
 
 
@@ -130,24 +130,24 @@ class _NaiveLoop:
 
 def bench_arch(
     spec: str, *, batch_size: int, steps: int, warmup: int, repeats: int, device: str, precisions: tuple[str, ...],
-    channels_last: str, seed: int = 0,
+    channels_last: str, seed: int = 0, C: int = 16, N: int = 5,
 ) -> dict[str, Any]:
     """Best-of-``repeats`` images/s of the naive loop and of ours in each of ``precisions`` (``fp32``, ``bf16``)
-    on NB201 cell ``spec`` (module docstring)."""
+    on NB201 cell ``spec`` in the macro network ``C``/``N`` (module docstring)."""
     from ahps_core.runtime import resolve_amp, resolve_channels_last, resolve_device
     from ahps_core.train import TrainConfig, train
 
     dev = resolve_device(device)
     num_images = batch_size * max(steps, warmup, 1) + batch_size
     data = synthetic_cifar(num_images, seed=seed)
-    model = _nb201_model(spec, seed)
+    model = _nb201_model(spec, seed, C, N)
     naive = _NaiveLoop(copy.deepcopy(model), data, batch_size, dev)
     cl = resolve_channels_last(channels_last, model)
     ours_models = {p: copy.deepcopy(model) for p in precisions}
 
     def ours_window(precision: str, n_steps: int) -> float:
         config = TrainConfig(
-            family="nb201", arch=spec, dataset="synthetic-cifar", epochs=1, batch_size=batch_size, lr=0.1,
+            family="nb201", arch=spec, dataset="synthetic-cifar", C=C, N=N, epochs=1, batch_size=batch_size, lr=0.1,
             momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="constant", augment=True, drop_last=True,
             device=str(dev.type), amp="bf16" if precision == "bf16" else "off", channels_last=channels_last,
             max_steps_per_epoch=n_steps, eval_every=0, seed=seed,
