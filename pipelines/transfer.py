@@ -66,7 +66,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     from kfp import dsl
 
     c, settings = pipeline_context(settings, base_image)
-    with_secrets, training_task = settings.with_secrets, settings.training
+    with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def transfer(

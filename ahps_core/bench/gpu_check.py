@@ -42,7 +42,7 @@ from ahps_core.bench.train_bench import CELLS, bench_arch, synthetic_cifar
 
 #: The NB201 protocol of the projection: epochs, training images, evaluation images per epoch, batch.
 NB201_PROTOCOL = {"epochs": 200, "train_images": 50_000, "eval_images": 10_000, "batch_size": 256}
-SIZES = {
+SIZES: dict[str, dict[str, Any]] = {
     "full": {"C": 16, "N": 5, "batch": 256, "steps": 20, "warmup": 5, "repeats": 2, "ks": (1, 2, 4, 8),
              "concurrent_cells": ("largest", "mean")},
     "smoke": {"C": 4, "N": 1, "batch": 8, "steps": 2, "warmup": 1, "repeats": 1, "ks": (1, 2),
