@@ -97,3 +97,30 @@ def test_several_architectures_in_worker_processes(tmp_path):
     assert [(s["arch"], s["arm"], s["seed"], s["train_loss"], s["eval_acc"]) for s in out["procs"]] == [
         (s["arch"], s["arm"], s["seed"], s["train_loss"], s["eval_acc"]) for s in out["inproc"]]
     assert len(_runs(uri, "procs")) == 4
+
+
+def test_a_pack_of_finished_runs_imports_no_torch(tmp_path):
+    """The reuse check (MLflow lookups by run key) comes before anything heavy: a task whose runs are all finished
+    never imports torch (nor scikit-learn)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    Tracker(uri, "ahps", "g").ensure_parent(name="g")
+    pack = {"pack": 0, "archs": ["2_02"], "items": [dict(i, run_group="g") for i in ITEMS[:2]]}
+    args = dict(ARGS, epochs=1, max_steps_per_epoch=2)
+    code = ("import json, sys\nfrom ahps_core.steps.pack import train_pack_step\n"
+            f"out = train_pack_step(pack={pack!r}, tracking_uri={uri!r}, model_dir=sys.argv[1], **{args!r})\n"
+            "print(json.dumps({'reused': [s['reused'] for s in out], 'torch': 'torch' in sys.modules, "
+            "'sklearn': 'sklearn' in sys.modules}))\n")
+    results = []
+    for n in (1, 2):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"m{n}")], capture_output=True, text=True,
+                           cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert results[0] == {"reused": [False, False], "torch": True, "sklearn": False}
+    assert results[1] == {"reused": [True, True], "torch": False, "sklearn": False}
