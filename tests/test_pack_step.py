@@ -124,3 +124,10 @@ def test_a_pack_of_finished_runs_imports_no_torch(tmp_path):
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert results[0] == {"reused": [False, False], "torch": True, "sklearn": False}
     assert results[1] == {"reused": [True, True], "torch": False, "sklearn": False}
+
+
+def test_local_runs_pack_the_architectures_into_the_parallel_slots():
+    from ahps.orchestration.local import local_pack
+
+    assert local_pack({"targets": ["a", "b", "c", "d", "e"]}, 2) == 3  # 5 targets, 2 slots: packs of 3 and 2
+    assert local_pack({"targets": ["a"]}, 4) == 1 and local_pack({"sample_size": 3}, 2) == 2

@@ -103,9 +103,10 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     out_dir = Path(output_dir).resolve()
     uri = tracking_uri if tracking_uri is not None else (given.get("tracking_uri")
                                                           or local_store_uri(DEFAULT_STORE_DIR))
-    args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group)
-    done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism or default_parallelism(),
-                       verbose=verbose, echo=click.echo)
+    parallelism = parallelism or default_parallelism()
+    args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group,
+                        parallelism=parallelism)
+    done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism, verbose=verbose, echo=click.echo)
     if done.ignored_cluster_settings:
         click.echo("note: the local runner ignores the cluster settings of the training steps (GPU request, node "
                    "placement, secrets, volumes); every task ran on CPU")

@@ -85,8 +85,9 @@ def run_steps_in_process(params: list[str], work: Path, parallelism: int | None)
 
     pipe, given = pipeline_and_params("transfer", tuple(params), None)
     uri = local_store_uri(str(work / "mlruns"))
-    a = local_params(pipe, given, output_dir=work, tracking_uri=uri, run_group=None)
-    threads = max(1, (os.cpu_count() or 1) // (parallelism or default_parallelism()))
+    slots = parallelism or default_parallelism()
+    a = local_params(pipe, given, output_dir=work, tracking_uri=uri, run_group=None, parallelism=slots)
+    threads = max(1, (os.cpu_count() or 1) // slots)
     import torch
 
     torch.set_num_threads(threads)  # what a training task gets on the local runner
