@@ -188,6 +188,9 @@ def train_pack(
         with torch.backends.cudnn.flags(enabled=True, benchmark=device.type == "cuda"):
             for result_index, result in _train_stacked(pending, data, device, hooks, progress):
                 results[result_index] = result
+    missing = [configs[i].seed for i, r in enumerate(results) if r is None]
+    if missing:  # pragma: no cover - every run is returned, read back or trained above
+        raise RuntimeError(f"packed training returned no result for the runs of seeds {missing}")
     return [r for r in results if r is not None]
 
 
@@ -284,6 +287,9 @@ def _train_stacked(runs: list[PackRun], data: DatasetSplit, device: torch.device
         bar = tqdm(total=len(runs) * total_steps, initial=done, desc=f"pack {c.arch} x{len(runs)}", unit="step",
                    file=sys.stderr, leave=False, dynamic_ncols=True)
     started = time.perf_counter()
+    for run in runs:  # resumed from its last epoch's checkpoint (stopped before its result was written)
+        if run.epoch >= run.config.epochs:
+            yield run.index, _result(run, started, device, amp_dtype, channels_last)
     live = [r for r in runs if r.epoch < r.config.epochs]
     try:
         while live:

@@ -193,3 +193,16 @@ def test_pack_checks():
     with pytest.raises(ConfigError, match="unknown stack 'maybe'"):
         use_stack("maybe", torch.device("cpu"), torch.nn.Linear(2, 2))
     assert "LayerNorm" in stackable(torch.nn.Sequential(torch.nn.LayerNorm(3), torch.nn.Linear(3, 2)))
+
+
+def test_a_run_stopped_after_its_last_checkpoint_is_finished_from_it(digits, tmp_path):
+    """The last epoch's checkpoint is on disk but result.json is not (a kill in between): the pack writes the
+    result from the checkpoint, as train() does, without training again."""
+    configs = [c.replace(checkpoint_dir=str(tmp_path / f"r{i}")) for i, c in enumerate(arms_and_seeds(mlp))]
+    first = train_pack(configs, data=digits)
+    for i in (1, 2):  # two of them: they go through the stacked engine
+        (tmp_path / f"r{i}" / "result.json").unlink()
+    again = train_pack(configs, data=digits)
+    for i in (1, 2):
+        assert again[i].resumed_from == 3 and losses(again[i]) == losses(first[i])
+        assert (tmp_path / f"r{i}" / "result.json").is_file()
