@@ -253,12 +253,12 @@ class _Stacked:
         momentum = {n: self.stack.part(n, b, k) for n, b in zip(names, bufs, strict=True) if b is not None}
         return self.stack.state_of(k), momentum or None
 
-    def optimizer_state(self, k: int, lr: float) -> dict[str, Any]:
-        """Run ``k``'s optimizer state in ``torch.optim.SGD``'s format (as ``train()`` checkpoints it)."""
+    def optimizer_state(self, k: int, lr: float, momentum: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        """Run ``k``'s optimizer state (``momentum``: its buffers, from :meth:`run_state`) in ``torch.optim.SGD``'s
+        format, as ``train()`` checkpoints it."""
         c = self.runs[k].config
         single = SGD(self.runs[k].model.parameters(), lr=lr, momentum=c.momentum, nesterov=c.nesterov,
                      weight_decay=c.weight_decay)
-        _, momentum = self.run_state(k)
         if momentum is not None:
             single.momentum_buffers = [momentum[n] for n, _ in self.runs[k].model.named_parameters()]
         return single.state_dict()
@@ -391,10 +391,10 @@ def _epoch(st: _Stacked, loaders, eval_loader, steps_per_epoch: int, amp_dtype, 
         left = left or run.epoch >= run.config.epochs
         records.append((k, record))
         if run.ckpt_dir is not None:
-            state, _ = st.run_state(k)
+            state, momentum = st.run_state(k)
             write_checkpoint(run.ckpt_dir, {
                 "config_hash": run.config_hash, "config": run.config.to_dict(), "epoch": run.epoch,
-                "model": state, "optimizer": st.optimizer_state(k, lr), "rng": get_rng_state(),
+                "model": state, "optimizer": st.optimizer_state(k, lr, momentum), "rng": get_rng_state(),
                 "history": run.history, "train_seconds": run.train_seconds, "train_images": run.train_images,
             })
     for k, record in records:
