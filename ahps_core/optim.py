@@ -140,7 +140,7 @@ def block_rates(lr: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """The per-run LRs ``lr`` (``[K]``) broadcast over ``param``, whose dim 0 holds the ``K`` runs' equal blocks
     (``[K, ...]`` stacked, or ``[K * C, ...]`` concatenated); works for any memory format."""
     k, rows = lr.shape[0], param.shape[0]
-    rate = lr if rows == k else lr.repeat_interleave(rows // k)
+    rate = lr if rows == k else lr.view(k, 1).expand(k, rows // k).reshape(rows)  # no host sync, on any device
     return rate.view(rows, *([1] * (param.dim() - 1)))
 
 
