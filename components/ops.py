@@ -127,12 +127,7 @@ def train(
         pack=pack, family=family, dataset=dataset, data_source=data_source, epochs=epochs, train_recipe=train_recipe,
         batch_size=batch_size, width=width, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
-<<<<<<< HEAD
-        run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
-        model_dir=model.path, split_file=split_file,
-=======
-        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path,
->>>>>>> i14-throughput
+        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path, split_file=split_file,
     )
     return pack_outputs(pack, summaries, model, metrics, ("eval_acc", "train_loss"))
 
@@ -267,11 +262,8 @@ def reeval_plan(
     base_lr: float,
     rule: str,
     convention: str,
-<<<<<<< HEAD
     N: int,
-=======
     pack: int,
->>>>>>> i14-throughput
     tracking_uri: str,
     mlflow_experiment: str,
     run_group: str,

@@ -20,11 +20,32 @@ VOLATILE = {"mlflow_run_id", "seconds", "images_per_s", "checkpoint", "reused"}
 #: Stacked MLP runs agree with their own runs to float rounding (bit for bit at make run's width 128; at width 16
 #: MKL's batched matmul takes other kernels: measured 1e-7 relative): losses within 1e-5, accuracies equal.
 LOSSES = ("train_loss", "eval_loss")
+#: Tags that name the run's group and key, or the process that claimed it (the claim's owner and heartbeat).
+PER_RUN_TAGS = ("ahps.run_group", "ahps.run_key", "ahps.owner", "ahps.heartbeat")
 
 
 def _runs(uri: str, group: str):
     tr = Tracker(uri, "ahps", group)
     return {r.tags["ahps.run_key"].split("/", 1)[1]: r for r in tr.group_runs() if r.tags.get("ahps.kind") == "train"}
+
+
+def _assert_same_run(tr: Tracker, got, ref) -> None:
+    """``got`` (packed) records what ``ref`` (one train_step) records: status, params, tags (but the run group's
+    and this process's claim), metric names and their steps, artifacts."""
+    assert got.status == ref.status == "FINISHED"
+    assert got.params == ref.params
+    same_tags = {k: v for k, v in ref.tags.items() if not k.startswith("mlflow.") and k not in PER_RUN_TAGS}
+    assert same_tags and {k: got.tags.get(k) for k in same_tags} == same_tags
+    run_a, run_b = tr.client.get_run(ref.run_id), tr.client.get_run(got.run_id)
+    assert sorted(run_b.data.metrics) == sorted(run_a.data.metrics)
+    for name in run_a.data.metrics:
+        assert [m.step for m in tr.client.get_metric_history(got.run_id, name)] == [
+            m.step for m in tr.client.get_metric_history(ref.run_id, name)], name
+    ref_art = sorted(f.path for f in tr.client.list_artifacts(ref.run_id)) + \
+        sorted(f.path for f in tr.client.list_artifacts(ref.run_id, "model"))
+    got_art = sorted(f.path for f in tr.client.list_artifacts(got.run_id)) + \
+        sorted(f.path for f in tr.client.list_artifacts(got.run_id, "model"))
+    assert got_art == ref_art
 
 
 def test_make_packs():
@@ -57,22 +78,13 @@ def test_a_pack_records_what_one_train_step_per_item_records(tmp_path):
     tr = Tracker(uri, "ahps", "x")
     for key, ref in single_runs.items():
         got = packed_runs[key]
-        assert got.status == ref.status == "FINISHED"
-        assert got.params == ref.params
-        same_tags = {k: v for k, v in ref.tags.items() if not k.startswith("mlflow.") and k not in
-                     ("ahps.run_group", "ahps.run_key")}
-        assert {k: got.tags.get(k) for k in same_tags} == same_tags
+        _assert_same_run(tr, got, ref)
         ref_hist = tr.client.get_metric_history(ref.run_id, "train_loss")
         got_hist = tr.client.get_metric_history(got.run_id, "train_loss")
         assert [m.step for m in got_hist] == [m.step for m in ref_hist]
         assert [m.value for m in got_hist] == pytest.approx([m.value for m in ref_hist], rel=1e-5)
         assert [m.value for m in tr.client.get_metric_history(got.run_id, "eval_acc")] == [
             m.value for m in tr.client.get_metric_history(ref.run_id, "eval_acc")]
-        ref_art = sorted(f.path for f in tr.client.list_artifacts(ref.run_id)) + \
-            sorted(f.path for f in tr.client.list_artifacts(ref.run_id, "model"))
-        got_art = sorted(f.path for f in tr.client.list_artifacts(got.run_id)) + \
-            sorted(f.path for f in tr.client.list_artifacts(got.run_id, "model"))
-        assert got_art == ref_art
     assert (tmp_path / "p" / "2_02" / "fixed" / "1" / "result.json").is_file()
     assert (tmp_path / "p" / "2_02" / "fixed" / "1" / "checkpoint" / "checkpoint.pt").is_file()
 
@@ -131,3 +143,63 @@ def test_local_runs_pack_the_architectures_into_the_parallel_slots():
 
     assert local_pack({"targets": ["a", "b", "c", "d", "e"]}, 2) == 3  # 5 targets, 2 slots: packs of 3 and 2
     assert local_pack({"targets": ["a"]}, 4) == 1 and local_pack({"sample_size": 3}, 2) == 2
+
+
+def test_a_reevaluation_pack_records_what_reeval_train_step_records(tmp_path):
+    """NB201 cells through the re-evaluation's packed step record exactly what ``reeval_train_step`` records, with
+    #12's options passed through: the split file reaches the loader (the summary's ``data``), ``cell``/
+    ``indegree``/``amp`` reach the configuration (hash and params), the protocol tags reach the run, and the files
+    (result, reevaluation, checkpoint with its identity sidecar) are the same."""
+    import json
+
+    from ahps_core.data.checksums import md5_file
+    from ahps_core.data.synthetic import write_synthetic_datasets
+    from ahps_core.steps.reevaluate import reeval_train_pack_step, reeval_train_step
+
+    data = tmp_path / "data"
+    manifest = write_synthetic_datasets(data)
+    split = data / "cifar100-test-split.txt"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cell = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
+    items = [{"arch": cell, "arm": "autoscaled", "seed": s, "lr": 0.05, "init": "arch-aware", "benchmark_acc": 60.0,
+              "benchmark_index": 7, "arch_code": "c7", "budget": "reduced", "protocol": "deviated",
+              "protocol_deviations": "budget,seeds"} for s in (777, 888)]
+    args = dict(dataset="cifar100", data_source=str(data), checksums_file=str(manifest), epochs=1, batch_size=32,
+                C=4, N=1, max_steps_per_epoch=2, device="cpu", rule="effective-depth", convention="wu",
+                tracking_uri=uri, experiment="ahps", checkpoint_root="", s3_endpoint="", split_file=str(split),
+                amp="off", cell="full", indegree="all")
+    for group in ("single", "packed"):
+        Tracker(uri, "ahps", group).ensure_parent(name=group)
+    singles = [reeval_train_step(item=dict(item, run_group="single"), model_dir=str(tmp_path / "s" / str(n)),
+                                 **args) for n, item in enumerate(items)]
+    pack = {"pack": 0, "archs": [cell], "items": [dict(i, run_group="packed") for i in items]}
+    packed = reeval_train_pack_step(pack=pack, model_dir=str(tmp_path / "p"), **args)
+    for a, b in zip(singles, packed, strict=True):  # a convolutional network on CPU: each run trains alone
+        assert {k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE}
+        assert b["data"]["split_md5"] == md5_file(split) and b["data"]["eval_part"] == "test"
+        assert b["amp"] == "off" and "new_acc" in b and b["delta"] == pytest.approx(b["new_acc"] - 60.0)
+    single_runs, packed_runs = _runs(uri, "single"), _runs(uri, "packed")
+    assert len(single_runs) == len(packed_runs) == 2
+    tr = Tracker(uri, "ahps", "x")
+    for key, ref in single_runs.items():
+        got = packed_runs[key]
+        _assert_same_run(tr, got, ref)
+        assert (got.tags["protocol"], got.tags["protocol_deviations"]) == ("deviated", "budget,seeds")
+        assert (got.params["cell"], got.params["indegree"], got.params["amp"]) == ("full", "all", "off")
+        assert got.params["split_file"] == str(split)
+        assert tr.client.get_run(got.run_id).data.metrics["new_acc"] == pytest.approx(
+            tr.client.get_run(ref.run_id).data.metrics["new_acc"])
+    for n, item in enumerate(items):
+        single_dir = tmp_path / "s" / str(n)
+        packed_dir = tmp_path / "p" / cell_dir(cell) / "autoscaled" / str(item["seed"])
+        for name in ("result.json", "reevaluation.json", "checkpoint/checkpoint.json", "checkpoint/checkpoint.pt",
+                     "checkpoint/result.json"):
+            assert (single_dir / name).is_file() and (packed_dir / name).is_file(), name
+        sidecar = [json.loads((d / "checkpoint" / "checkpoint.json").read_text()) for d in (single_dir, packed_dir)]
+        assert sidecar[0] == sidecar[1]
+
+
+def cell_dir(arch: str) -> str:
+    from ahps_core.storage import slug
+
+    return slug(arch)

@@ -24,8 +24,16 @@ from typing import Any
 
 from ahps_core.checks import as_int, check_int
 from ahps_core.errors import ConfigError
-from ahps_core.steps.common import load_training_data, log, tracker
-from ahps_core.steps.training import RunRecorder, log_end, log_start, reused_summary, run_spec
+from ahps_core.steps.common import log, log_journaled, tracker
+from ahps_core.steps.training import (
+    RunRecorder,
+    add_extra_metrics,
+    log_end,
+    log_start,
+    reused_summary,
+    run_spec,
+    step_data,
+)
 
 #: ``item -> (extra_tags, extra_params, extra_metrics)`` of one training (the re-evaluation's benchmark fields).
 Extras = Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], Mapping[str, Any],
@@ -60,7 +68,8 @@ def train_pack_step(
     *, pack: Mapping[str, Any], family: str, dataset: str, data_source: str, epochs: int, train_recipe: str,
     batch_size: int, width: int, max_steps_per_epoch: int, device: str, rule: str, convention: str,
     tracking_uri: str, experiment: str, checkpoint_root: str, s3_endpoint: str, model_dir: str, C: int = 0,
-    N: int = 0, checksums_file: str = "", eval_part: str = "", extras: Extras | None = None, workers: str = "auto",
+    N: int = 0, checksums_file: str = "", eval_part: str = "", split_file: str = "", amp: str = "", cell: str = "",
+    indegree: str = "", extras: Extras | None = None, workers: str = "auto",
 ) -> list[dict[str, Any]]:
     """Train every item of ``pack`` (module docstring); one summary per item, in the pack's order. The arguments
     are :func:`~ahps_core.steps.training.train_step`'s, for every item; ``extras(item)`` gives an item's extra
@@ -76,7 +85,8 @@ def train_pack_step(
                 batch_size=batch_size, width=width, max_steps_per_epoch=max_steps_per_epoch, device=device,
                 rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=experiment,
                 checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model_dir, C=C, N=N,
-                checksums_file=checksums_file, eval_part=eval_part)
+                checksums_file=checksums_file, eval_part=eval_part, split_file=split_file, amp=amp, cell=cell,
+                indegree=indegree)
     groups: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         groups.setdefault(str(item["arch"]), []).append(item)
@@ -146,7 +156,7 @@ def train_arch_group(items: list[dict[str, Any]], args: Mapping[str, Any], extra
             spec.model_path.mkdir(parents=True, exist_ok=True)
             runs.append(stack.enter_context(tracked_step(
                 tr, tr.key(spec.arch, spec.arm, spec.seed), name=spec.run_name, kind="train", identity=spec.chash,
-                tags=spec.tags, params=spec.params)))
+                tags=spec.tags, params=spec.params, log=lambda line: log("train", line))))
         todo = []
         for i, (spec, run) in enumerate(zip(specs, runs, strict=True)):
             if run.reused:
@@ -157,22 +167,19 @@ def train_arch_group(items: list[dict[str, Any]], args: Mapping[str, Any], extra
         if todo:
             recorders = {i: RunRecorder(runs[i], specs[i], checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
                                         run_group=run_group) for i in todo}
-            data = load_training_data(a["dataset"], a["data_source"], checksums_file=checksums_file,
-                                      eval_part=a["eval_part"], s3_endpoint=s3_endpoint)
+            data = step_data(a["dataset"], a["data_source"], checksums_file=checksums_file,
+                             eval_part=a["eval_part"], split_file=a["split_file"], s3_endpoint=s3_endpoint)
             from ahps_core.packed import train_pack
 
             results = train_pack([recorders[i].config for i in todo], data=data,
                                  callbacks=[recorders[i].on_epoch for i in todo], progress=False)
             for i, result in zip(todo, results, strict=True):
-                summary = recorders[i].finish(result)
-                metrics_fn = metrics_fns[i]
-                if metrics_fn is not None:
-                    extra = dict(metrics_fn(summary))
-                    runs[i].log_metrics(extra)
-                    summary.update(extra)
+                summary = recorders[i].finish(result, data)
+                add_extra_metrics(runs[i], summary, metrics_fns[i])
                 runs[i].summary = summaries[i] = summary
     for i in todo:
         log_end(specs[i], summaries[i])  # type: ignore[arg-type]
+    log_journaled("train", tr, f"{specs[0].arch} ({len(specs)} run(s))")  # the group's runs share the tracker
     return [s for s in summaries if s is not None]
 
 

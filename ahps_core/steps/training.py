@@ -3,22 +3,20 @@
 Checkpoints live at ``<checkpoint_root>/<group>/<arch>/<arm>/<seed>/`` (a directory or an S3 prefix: downloaded
 before training, uploaded after every epoch), so a retried (preempted) task resumes where the last one stopped;
 with an empty root they live in the task's model artifact. Epoch metrics go to MLflow as step metrics as they
-<<<<<<< HEAD
 come, from a background thread (training never waits on MLflow; epochs a resumed run already holds are not logged
 again); when MLflow is unavailable they, and everything else the step logs, are journaled for a later replay
 (:mod:`ahps_core.tracking.journal`). ``result.json`` is written to the model directory before anything is
-=======
-come (at most every :data:`EPOCH_LOG_INTERVAL_S` per run); a tracking failure during training does not stop it
-(the history is logged at the end). ``result.json`` is written to the model directory before anything is
->>>>>>> i14-throughput
 reported to MLflow.
+
+The bookkeeping of one training (:class:`RunSpec`: what it is and how it is recorded; :class:`RunRecorder`: its
+checkpoint, epoch metrics, files and final metrics) is shared with the packed step (:mod:`ahps_core.steps.pack`),
+so a run trained in a pack records exactly the MLflow run and the files :func:`train_step` records.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +62,8 @@ class RunSpec:
 def run_spec(
     *, item: Mapping[str, Any], family: str, dataset: str, data_source: str, epochs: int, train_recipe: str,
     batch_size: int, width: int, max_steps_per_epoch: int, device: str, rule: str, convention: str, model_dir: str,
-    C: int = 0, N: int = 0, eval_part: str = "", extra_tags: Mapping[str, Any] | None = None,
-    extra_params: Mapping[str, Any] | None = None,
+    C: int = 0, N: int = 0, eval_part: str = "", split_file: str = "", amp: str = "", cell: str = "",
+    indegree: str = "", extra_tags: Mapping[str, Any] | None = None, extra_params: Mapping[str, Any] | None = None,
 ) -> RunSpec:
     """The :class:`RunSpec` of plan ``item`` (``arch``, ``arm``, ``seed``, ``lr``, ``init``, ...); no torch import,
     so a finished run can be looked up before anything heavy is loaded."""
@@ -74,8 +72,9 @@ def run_spec(
     config = train_config(family=family, arch=arch, dataset=dataset, data_source=data_source, epochs=as_int(epochs),
                           lr=lr, init=init, seed=seed, train_recipe=train_recipe, batch_size=as_int(batch_size),
                           width=as_int(width), max_steps_per_epoch=as_int(max_steps_per_epoch), device=device,
-                          C=as_int(C or 0), N=as_int(N or 0))
-    chash = config.hash({"eval_part": eval_part}) if eval_part else config.hash()
+                          C=as_int(C or 0), N=as_int(N or 0), amp=amp, cell=cell, indegree=indegree)
+    data_extra = {k: v for k, v in (("eval_part", eval_part), ("split_file", split_file)) if v}
+    chash = config.hash(data_extra) if data_extra else config.hash()
     tags = {"recipe": arm, "family": family, "arch": arch, "dataset": dataset, "seed": seed, "rule": rule,
             "convention": convention, **dict(extra_tags or {})}
     params = {"lr": lr, "base_lr": float(item.get("base_lr", lr)), "lr_ratio": float(item.get("ratio", 1.0)),
@@ -84,11 +83,25 @@ def run_spec(
               "seed": seed, "recipe": arm, "arch": arch, "max_steps_per_epoch": config.max_steps_per_epoch,
               "train_recipe": train_recipe or _default_preset(family)}
     if family == "nb201":
-        params.update(C=config.C, N=config.N)
-    if eval_part:
-        params["eval_part"] = eval_part
+        params.update(C=config.C, N=config.N, cell=config.cell)
+    if config.indegree != "live":
+        params["indegree"] = config.indegree
+    if config.amp != "auto":
+        params["amp"] = config.amp
+    params.update(data_extra)
     params.update(dict(extra_params or {}))
     return RunSpec(item, config, chash, arch, arm, seed, tags, params, Path(model_dir), f"{arch} {arm} seed {seed}")
+
+
+def step_data(dataset: str, data_source: str, *, checksums_file: str = "", eval_part: str = "",
+              split_file: str = "", s3_endpoint: str = ""):
+    """The dataset a training step loads itself (checksums, another eval part or a split file asked for), or None:
+    the engine loads the dataset's default. A run's summary records what it was evaluated on (``data``) exactly
+    when the step loaded it, packed or not."""
+    if not (checksums_file or eval_part or split_file):
+        return None
+    return load_training_data(dataset, data_source, checksums_file=checksums_file, eval_part=eval_part,
+                              s3_endpoint=s3_endpoint, split_file=split_file)
 
 
 def reused_summary(run, spec: RunSpec) -> dict[str, Any]:
@@ -112,6 +125,15 @@ def log_end(spec: RunSpec, summary: Mapping[str, Any]) -> None:
                  f"({summary['seconds']:.1f} s)")
 
 
+def add_extra_metrics(run, summary: dict[str, Any],
+                      extra_metrics: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None) -> None:
+    """``extra_metrics(summary)`` logged to ``run`` and kept in ``summary`` (nothing without one)."""
+    if extra_metrics is not None:
+        extra = dict(extra_metrics(summary))
+        run.log_metrics(extra)
+        summary.update(extra)
+
+
 def train_step(
     *, item: Mapping[str, Any], family: str, dataset: str, data_source: str, epochs: int, train_recipe: str,
     batch_size: int, width: int, max_steps_per_epoch: int, device: str, rule: str, convention: str,
@@ -133,83 +155,31 @@ def train_step(
     """
     from ahps_core.tracking import tracked_step
 
-<<<<<<< HEAD
-    arch, arm, seed = str(item["arch"]), str(item["arm"]), as_int(item["seed"], "seed")
-    lr, init = float(item["lr"]), str(item.get("init") or INIT_OF_ARM[arm])
-    model_path = Path(model_dir)
-    model_path.mkdir(parents=True, exist_ok=True)
-    config = train_config(family=family, arch=arch, dataset=dataset, data_source=data_source, epochs=as_int(epochs),
-                          lr=lr, init=init, seed=seed, train_recipe=train_recipe, batch_size=as_int(batch_size),
-                          width=as_int(width), max_steps_per_epoch=as_int(max_steps_per_epoch), device=device,
-                          C=as_int(C or 0), N=as_int(N or 0), amp=amp, cell=cell, indegree=indegree)
-    data_extra = {k: v for k, v in (("eval_part", eval_part), ("split_file", split_file)) if v}
-    chash = config.hash(data_extra) if data_extra else config.hash()
-    tr = tracker(tracking_uri, experiment, run_group)
-    label = f"{arch} {arm} seed {seed}"
-    tags = {"recipe": arm, "family": family, "arch": arch, "dataset": dataset, "seed": seed, "rule": rule,
-            "convention": convention, **dict(extra_tags or {})}
-    params = {"lr": lr, "base_lr": float(item.get("base_lr", lr)), "lr_ratio": float(item.get("ratio", 1.0)),
-              "init": init, "epochs": config.epochs, "batch_size": config.batch_size, "momentum": config.momentum,
-              "weight_decay": config.weight_decay, "schedule": config.schedule, "width": config.width,
-              "seed": seed, "recipe": arm, "arch": arch, "max_steps_per_epoch": config.max_steps_per_epoch,
-              "train_recipe": train_recipe or _default_preset(family)}
-    if family == "nb201":
-        params.update(C=config.C, N=config.N, cell=config.cell)
-    if config.indegree != "live":
-        params["indegree"] = config.indegree
-    if config.amp != "auto":
-        params["amp"] = config.amp
-    params.update(data_extra)
-    params.update(dict(extra_params or {}))
-    with tracked_step(tr, tr.key(arch, arm, seed), name=f"{arm} {arch} s{seed}", kind="train", identity=chash,
-                      tags=tags, params=params, log=lambda line: log("train", line)) as run:
-        if run.reused:
-            summary = {**(run.summary or {}), "reused": True, "mlflow_run_id": run.run_id}
-            write_json(model_path / RESULT_FILE, summary)
-            log("train", f"{label}: reused the finished MLflow run {run.run_id} (not retrained): "
-                         f"eval acc {fmt(summary.get('eval_acc'))}")
-            return summary
-        log("train", f"{label}: LR {lr:.6g}, init {init}, {config.epochs} epochs, batch {config.batch_size} "
-                     f"-> MLflow run {run.run_id}{' (resumed)' if run.resumed else ''}")
-        summary = _train_and_log(run, config, item, label=label, arm=arm, chash=chash, model_path=model_path,
-                                 checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, run_group=run_group,
-                                 data_args=(dataset, data_source, checksums_file, eval_part, split_file))
-=======
     spec = run_spec(item=item, family=family, dataset=dataset, data_source=data_source, epochs=epochs,
                     train_recipe=train_recipe, batch_size=batch_size, width=width,
                     max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule, convention=convention,
-                    model_dir=model_dir, C=C, N=N, eval_part=eval_part, extra_tags=extra_tags,
-                    extra_params=extra_params)
+                    model_dir=model_dir, C=C, N=N, eval_part=eval_part, split_file=split_file, amp=amp, cell=cell,
+                    indegree=indegree, extra_tags=extra_tags, extra_params=extra_params)
     spec.model_path.mkdir(parents=True, exist_ok=True)
     tr = tracker(tracking_uri, experiment, run_group)
     with tracked_step(tr, tr.key(spec.arch, spec.arm, spec.seed), name=spec.run_name, kind="train",
-                      identity=spec.chash, tags=spec.tags, params=spec.params) as run:
+                      identity=spec.chash, tags=spec.tags, params=spec.params,
+                      log=lambda line: log("train", line)) as run:
         if run.reused:
             return reused_summary(run, spec)
         log_start(run, spec)
         recorder = RunRecorder(run, spec, checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
                                run_group=run_group)
-        data = None
-        if checksums_file or eval_part:
-            data = load_training_data(dataset, data_source, checksums_file=checksums_file, eval_part=eval_part,
-                                      s3_endpoint=s3_endpoint)
+        data = step_data(dataset, data_source, checksums_file=checksums_file, eval_part=eval_part,
+                         split_file=split_file, s3_endpoint=s3_endpoint)
         from ahps_core.train import train
 
         result = train(recorder.config, data=data, callback=recorder.on_epoch, progress=False)
-        summary = recorder.finish(result)
->>>>>>> i14-throughput
-        if extra_metrics is not None:
-            extra = dict(extra_metrics(summary))
-            run.log_metrics(extra)
-            summary.update(extra)
+        summary = recorder.finish(result, data)
+        add_extra_metrics(run, summary, extra_metrics)
         run.summary = summary
-<<<<<<< HEAD
-    log("train", f"{label}: {summary['status']}, eval acc {fmt(summary.get('eval_acc'))} "
-                 f"({summary['seconds']:.1f} s)")
-    log_journaled("train", tr, label)
-=======
     log_end(spec, summary)
->>>>>>> i14-throughput
+    log_journaled("train", tr, spec.label)
     return summary
 
 
@@ -231,32 +201,11 @@ def _checkpoint_sync(checkpoint_root: str, run_group: str, arch: str, arm: str, 
     return CheckpointSync(location, scratch, endpoint_url=s3_endpoint or None), scratch
 
 
-<<<<<<< HEAD
-def _train_and_log(run, config, item: Mapping[str, Any], *, label: str, arm: str, chash: str, model_path: Path,
-                   checkpoint_root: str, s3_endpoint: str, run_group: str,
-                   data_args: tuple[str, str, str, str, str]):
-    from ahps_core.train import train
-
-    sync, scratch = _checkpoint_sync(checkpoint_root, run_group, config.arch, arm, config.seed, s3_endpoint,
-                                     model_path)
-    pulled = sync.pull()
-    if pulled:
-        log("train", f"{label}: fetched {', '.join(pulled)} from {sync.location}")
-    logged_epochs: set[int] = run.logged_steps("train_loss")  # a resumed run: what reached MLflow before
-=======
-#: Epoch metrics go to MLflow as they come, but at most every this many seconds per run (the first epoch at
-#: once): every logging call is a database transaction, and a short run's epochs take milliseconds. What is not
-#: logged yet is logged when the training ends (the same metrics at the same steps).
-EPOCH_LOG_INTERVAL_S = 10.0
-
->>>>>>> i14-throughput
-
 class RunRecorder:
     """The bookkeeping of one training around the engine: its checkpoint location (pulled on start, pushed after
-    every epoch), the epoch metrics to MLflow as they come (:meth:`on_epoch`, the engine's callback; at most every
-    :data:`EPOCH_LOG_INTERVAL_S`), and the
-    summary, files and final metrics once it is done (:meth:`finish`). ``config`` is the training's configuration
-    with its local checkpoint directory."""
+    every epoch), the epoch metrics to MLflow as they come (:meth:`on_epoch`, the engine's callback; sent from a
+    background thread, epochs a resumed run already holds skipped), and the summary, files and final metrics once
+    it is done (:meth:`finish`). ``config`` is the training's configuration with its local checkpoint directory."""
 
     def __init__(self, run, spec: RunSpec, *, checkpoint_root: str, s3_endpoint: str, run_group: str) -> None:
         self.run, self.spec = run, spec
@@ -266,10 +215,8 @@ class RunRecorder:
         if pulled:
             log("train", f"{spec.label}: fetched {', '.join(pulled)} from {self.sync.location}")
         self.config = spec.config.replace(checkpoint_dir=str(self.sync.local_dir))
-        self.logged_epochs: set[int] = set()
-        self.tracking_down: list[str] = []
-        self.pending: list[dict[str, Any]] = []
-        self.last_logged: float | None = None
+        #: a resumed run: the epochs that reached MLflow before
+        self.logged_epochs: set[int] = run.logged_steps("train_loss")
 
     def on_epoch(self, record: dict[str, Any]) -> None:
         label, config = self.spec.label, self.spec.config
@@ -277,75 +224,17 @@ class RunRecorder:
             self.sync.push()
         except AhpsError as exc:  # the next epoch tries again; the final push must succeed
             log("train", f"{label}: checkpoint upload failed ({exc}); retrying after the next epoch")
-<<<<<<< HEAD
-=======
-        self.pending.append(record)
-        now = time.monotonic()
-        due = self.last_logged is None or now - self.last_logged >= EPOCH_LOG_INTERVAL_S
-        if due and not self.tracking_down:
-            try:
-                self.run.log_history(self.pending)
-                self.logged_epochs.update(int(r["epoch"]) for r in self.pending)
-                self.pending, self.last_logged = [], now
-            except AhpsError as exc:
-                self.tracking_down.append(str(exc))
-                log("train", f"{label}: MLflow unavailable ({exc}); training goes on, metrics are logged at the end")
->>>>>>> i14-throughput
         epoch = int(record["epoch"])
-        if epoch not in logged_epochs:
-            run.log_history_async([record])  # sent (or journaled) in the background: training goes on
-            logged_epochs.add(epoch)
+        if epoch not in self.logged_epochs:
+            self.run.log_history_async([record])  # sent (or journaled) in the background: training goes on
+            self.logged_epochs.add(epoch)
         if epoch in (1, config.epochs) or epoch % max(1, config.epochs // 4) == 0:  # a few lines per training
             log("train", f"{label}: epoch {epoch}/{config.epochs} loss {fmt(record.get('train_loss'))} "
                          f"eval acc {fmt(record.get('eval_acc'))}")
 
-<<<<<<< HEAD
-    dataset, data_source, checksums_file, eval_part, split_file = data_args
-    data = None
-    if checksums_file or eval_part or split_file:
-        data = load_training_data(dataset, data_source, checksums_file=checksums_file, eval_part=eval_part,
-                                  s3_endpoint=s3_endpoint, split_file=split_file)
-    result = train(config.replace(checkpoint_dir=str(sync.local_dir)), data=data, callback=on_epoch, progress=False)
-    sync.push()
-    final = result.final or {}
-    summary = {
-        "arch": config.arch, "arm": arm, "recipe": arm, "seed": config.seed, "lr": config.lr,
-        "base_lr": float(item.get("base_lr", config.lr)), "predicted_lr": float(item.get("predicted_lr", config.lr)),
-        "ratio": float(item.get("ratio", 1.0)), "init": config.init, "status": result.status,
-        "eval_acc": final.get("eval_acc"), "eval_loss": final.get("eval_loss"), "train_loss": final.get("train_loss"),
-        "train_acc": final.get("train_acc"), "epochs": config.epochs, "epochs_done": len(result.history),
-        "resumed_from": result.resumed_from, "seconds": result.seconds, "images_per_s": result.images_per_s,
-        "num_params": result.num_params, "device": result.device, "amp": result.amp, "config_hash": chash,
-        "reused": False, "mlflow_run_id": run.run_id, "checkpoint": sync.location,
-    }
-    if data is not None:
-        summary["data"] = data_info(data)
-    # 1. results to the output directory (the KFP artifact), 2. then to MLflow.
-    write_json(model_path / RESULT_FILE, {**summary, "history": result.history, "config": result.config})
-    if sync.local_dir != model_path / "checkpoint":
-        for name in ("checkpoint.json", "checkpoint.pt", RESULT_FILE):
-            src = sync.local_dir / name
-            if src.is_file():
-                (model_path / "checkpoint").mkdir(exist_ok=True)
-                shutil.copy2(src, model_path / "checkpoint" / name)
-    run.flush()
-    missing = [r for r in result.history if int(r["epoch"]) not in logged_epochs]
-    if missing:  # epochs of an earlier attempt (restored from the checkpoint) that never reached MLflow
-        run.log_history(missing)
-    run.log_metrics({"final_eval_acc": final.get("eval_acc"), "final_train_loss": final.get("train_loss"),
-                     "final_train_acc": final.get("train_acc"), "images_per_s": result.images_per_s,
-                     "train_seconds": result.seconds, "num_params": result.num_params}, step=len(result.history))
-    run.set_tags({"ahps.status": result.status})
-    run.log_file(model_path / RESULT_FILE)
-    ckpt = sync.local_dir / "checkpoint.pt"
-    if ckpt.is_file():
-        run.log_file(ckpt, "model")
-    if scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return summary
-=======
-    def finish(self, result) -> dict[str, Any]:
-        """The summary of the finished ``result``: written to the output directory first, then logged."""
+    def finish(self, result, data=None) -> dict[str, Any]:
+        """The summary of the finished ``result`` (``data``: the dataset the step loaded, recorded as the summary's
+        ``data``): written to the output directory first, then logged."""
         run, spec, sync, config, item = self.run, self.spec, self.sync, self.spec.config, self.spec.item
         model_path, chash, arm = spec.model_path, spec.chash, spec.arm
         sync.push()
@@ -356,22 +245,25 @@ class RunRecorder:
             "predicted_lr": float(item.get("predicted_lr", config.lr)),
             "ratio": float(item.get("ratio", 1.0)), "init": config.init, "status": result.status,
             "eval_acc": final.get("eval_acc"), "eval_loss": final.get("eval_loss"),
-            "train_loss": final.get("train_loss"),
-            "train_acc": final.get("train_acc"), "epochs": config.epochs, "epochs_done": len(result.history),
-            "resumed_from": result.resumed_from, "seconds": result.seconds, "images_per_s": result.images_per_s,
-            "num_params": result.num_params, "device": result.device, "config_hash": chash, "reused": False,
-            "mlflow_run_id": run.run_id, "checkpoint": sync.location,
+            "train_loss": final.get("train_loss"), "train_acc": final.get("train_acc"), "epochs": config.epochs,
+            "epochs_done": len(result.history), "resumed_from": result.resumed_from, "seconds": result.seconds,
+            "images_per_s": result.images_per_s, "num_params": result.num_params, "device": result.device,
+            "amp": result.amp, "config_hash": chash, "reused": False, "mlflow_run_id": run.run_id,
+            "checkpoint": sync.location,
         }
+        if data is not None:
+            summary["data"] = data_info(data)
         # 1. results to the output directory (the KFP artifact), 2. then to MLflow.
         write_json(model_path / RESULT_FILE, {**summary, "history": result.history, "config": result.config})
         if sync.local_dir != model_path / "checkpoint":
-            for name in ("checkpoint.pt", RESULT_FILE):
+            for name in ("checkpoint.json", "checkpoint.pt", RESULT_FILE):
                 src = sync.local_dir / name
                 if src.is_file():
                     (model_path / "checkpoint").mkdir(exist_ok=True)
                     shutil.copy2(src, model_path / "checkpoint" / name)
+        run.flush()
         missing = [r for r in result.history if int(r["epoch"]) not in self.logged_epochs]
-        if missing:
+        if missing:  # epochs of an earlier attempt (restored from the checkpoint) that never reached MLflow
             run.log_history(missing)
         run.log_metrics({"final_eval_acc": final.get("eval_acc"), "final_train_loss": final.get("train_loss"),
                          "final_train_acc": final.get("train_acc"), "images_per_s": result.images_per_s,
@@ -385,4 +277,3 @@ class RunRecorder:
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
         return summary
->>>>>>> i14-throughput
