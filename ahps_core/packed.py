@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ahps_core.checkpoint import get_rng_state, read_checkpoint, read_result, write_checkpoint, write_result
-from ahps_core.checks import check_choice
+from ahps_core.checks import check_choice, check_writable_dir
 from ahps_core.errors import ConfigError, DataError
 from ahps_core.optim import SGD
 from ahps_core.runtime import (
@@ -173,9 +173,16 @@ def train_pack(
     for i, c in enumerate(configs):
         model = build_config_model(c, data)
         run = PackRun(i, c, run_hash(c, data), model, Path(c.checkpoint_dir) if c.checkpoint_dir else None)
-        finished = read_result(run.ckpt_dir, run.config_hash) if run.ckpt_dir is not None else None
+        finished = None
+        if run.ckpt_dir is not None:
+            check_writable_dir(run.ckpt_dir, "checkpoint dir")  # before anything is computed, as train() does
+            finished = read_result(run.ckpt_dir, run.config_hash)
         if finished is not None:
-            results[i] = TrainResult.from_dict(finished)
+            try:
+                results[i] = TrainResult.from_dict(finished)
+            except (TypeError, ValueError):
+                raise DataError(f"{run.ckpt_dir}/result.json is not a training result; delete it to train "
+                                "again") from None
         else:
             pending.append(run)
     alone = len(pending) == 1 and stack != "on"  # one run: train() itself, unless the stack is asked for

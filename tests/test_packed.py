@@ -206,3 +206,27 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_from_it(digits, tmp
     for i in (1, 2):
         assert again[i].resumed_from == 3 and losses(again[i]) == losses(first[i])
         assert (tmp_path / f"r{i}" / "result.json").is_file()
+
+
+def test_an_unwritable_or_bad_checkpoint_dir_fails_the_pack_before_training(digits, tmp_path):
+    """As train(): an unwritable checkpoint dir, or a result.json that is not a training result, is one clear
+    ConfigError/DataError before anything is trained."""
+    from ahps_core.errors import DataError
+    from ahps_core.train import run_hash
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    configs = [c.replace(checkpoint_dir=str(tmp_path / f"r{i}")) for i, c in enumerate(arms_and_seeds(mlp))]
+    configs[1] = configs[1].replace(checkpoint_dir=str(blocker / "ckpt"))
+    with pytest.raises(ConfigError, match="checkpoint dir .*cannot be written"):
+        train_pack(configs, data=digits)
+    assert not (tmp_path / "r0" / "checkpoint.pt").exists()  # nothing trained
+
+    import json
+
+    good = [c.replace(checkpoint_dir=str(tmp_path / f"g{i}")) for i, c in enumerate(arms_and_seeds(mlp))]
+    (tmp_path / "g0").mkdir()
+    (tmp_path / "g0" / "result.json").write_text(json.dumps({"config_hash": run_hash(good[0], digits),
+                                                             "result": {"bogus": 1}}))
+    with pytest.raises(DataError, match="is not a training result"):
+        train_pack(good, data=digits)
