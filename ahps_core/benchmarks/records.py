@@ -38,18 +38,15 @@ Loading: NB201 ``.pth`` files are loaded by ahps with ``torch.load(..., weights_
 (never through the official API's own ``torch.load``, whose default an environment variable can turn off), numpy's
 scalar reconstruction admitted on top, as records may hold numpy floats (NATS-Bench's do), and handed to
 ``NASBench201API`` as data. NATS-Bench
-``.pickle.pbz2`` files are unpickled with an allow-list (``collections.OrderedDict``, numpy scalars and dtypes):
+``.pickle.pbz2`` files are unpickled with an allow-list (:mod:`ahps_core.benchmarks.nats_pickle`):
 the official ``pickle_load`` runs an unrestricted ``pickle.load``. The decoded records are handed to the
 official ``ArchResults.create_from_state_dict``, so metric lookup stays the official code.
 """
 
 from __future__ import annotations
 
-import bz2
-import collections
 import math
 import os
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ahps_core.benchmarks.nats_pickle import NP_SCALAR, load_pbz2
 from ahps_core.errors import BenchmarkError, ConfigError
 from ahps_core.graph import ArchGraph, nb201_arch_string
 
@@ -68,8 +66,6 @@ EXPECTED_SEEDS = (777, 888, 999)
 _EXT = ".pickle.pbz2"
 _META = "meta" + _EXT
 _ARCH_FILE = re.compile(r"^(\d+)\.pickle\.pbz2$")
-# numpy's scalar reconstructor (numpy 2 moved it from numpy.core to numpy._core; old files name numpy.core).
-_NP_SCALAR = np.float64(0).__reduce__()[0]
 
 
 @dataclass(frozen=True)
@@ -357,7 +353,7 @@ def open_benchmark(path_or_obj: str | os.PathLike | Mapping | Any) -> BenchmarkR
     if path.name.endswith(".pth"):
         return _from_nb201_file(path)
     if path.name.endswith(_EXT):
-        data = _load_pbz2(path)
+        data = load_pbz2(path)
         if not isinstance(data, Mapping):
             raise BenchmarkError(f"{str(path)!r} holds a {type(data).__name__}, not a NATS-Bench benchmark dict")
         if HP in data:
@@ -373,14 +369,14 @@ def _from_simple_dir(path: Path) -> BenchmarkRecords:
     """Lazy reader of a ``-simple`` directory, as ``NATStopology(fast_mode=True)`` does in ``reload``."""
     from nats_bench.api_utils import ArchResults
 
-    meta = _load_pbz2(path / _META)
+    meta = load_pbz2(path / _META)
     if not isinstance(meta, Mapping) or "meta_archs" not in meta:
         raise BenchmarkError(f"{str(path / _META)!r} has no 'meta_archs': not a NATS-Bench topology meta file")
     meta_archs = list(meta["meta_archs"])
     files = _arch_files(path, len(meta_archs))
 
     def load(index: int) -> Any:
-        data = _load_pbz2(files[index])
+        data = load_pbz2(files[index])
         if not isinstance(data, Mapping) or HP not in data:
             raise BenchmarkError(f"{str(files[index])!r} has no {EPOCHS}-epoch results (key {HP!r})")
         return ArchResults.create_from_state_dict(data[HP])
@@ -431,7 +427,7 @@ def _from_nb201_file(path: Path) -> BenchmarkRecords:
     import torch
     from nas_201_api import NASBench201API
 
-    allowed: list[Any] = [_NP_SCALAR, (_NP_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+    allowed: list[Any] = [NP_SCALAR, (NP_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
                           type(np.dtype(np.float64))]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -469,34 +465,3 @@ def _official(call: Callable[[], Any], source: str) -> Any:
         return call()
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError) as exc:
         raise BenchmarkError(f"{source}: the benchmark API refused the records: {exc}") from None
-
-
-# --- safe unpickling of NATS-Bench files ---------------------------------------------------------------------
-
-_NATS_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("numpy.core.multiarray", "scalar"): _NP_SCALAR,
-    ("numpy._core.multiarray", "scalar"): _NP_SCALAR,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _NatsUnpickler(pickle.Unpickler):
-    """Resolves only :data:`_NATS_GLOBALS` (what NATS-Bench files reference, checked with ``pickletools``)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _NATS_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refused global {module}.{name}: NATS-Bench files may only reference "
-                + ", ".join(f"{m}.{n}" for m, n in _NATS_GLOBALS)
-            ) from None
-
-
-def _load_pbz2(path: Path) -> Any:
-    try:
-        with bz2.open(path, "rb") as fh:
-            return _NatsUnpickler(fh).load()
-    except Exception as exc:  # any failure to decode an untrusted file is a benchmark error, not a bug
-        raise BenchmarkError(f"cannot read NATS-Bench file {str(path)!r}: {exc}") from None
