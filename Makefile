@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-all lint bench setup clean
+.PHONY: run test test-all lint bench gpu-check setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/ahps bench paths
 	$(BIN)/ahps bench train
+	$(BIN)/ahps bench pipeline
+
+# On a GPU node (under 8 minutes): checks and measures the GPU paths, one JSON report
+gpu-check: $(STAMP)
+	$(BIN)/ahps bench gpu --out gpu-check.json
 
 clean:
 	rm -rf $(VENV) mlruns local_outputs ahps_outputs

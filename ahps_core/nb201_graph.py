@@ -21,6 +21,10 @@ from ahps_core.checks import check_int
 from ahps_core.errors import ConfigError
 from ahps_core.graph import ArchGraph, Edge, Op
 
+#: How the cells of an NB201 network are built (:mod:`ahps_core.models.nb201`): ``full``, NB201's exact network
+#: (every op of the cell); ``pruned``, only the ops on an input->output path.
+CELL_MODES = ("full", "pruned")
+
 #: NB201's cells per stage (N): 5 cells in each of the three stages.
 NB201_CELLS_PER_STAGE = 5
 

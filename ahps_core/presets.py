@@ -32,7 +32,7 @@ from ahps_core.checks import check_choice
 from ahps_core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ahps_core.train import TrainConfig
+    from ahps_core.train_config import TrainConfig
 
 #: Marks a preset field whose value depends on the family and dataset (resolved by :func:`preset_values`).
 PER_DATASET = "per-dataset"
@@ -78,7 +78,7 @@ def recipe_config(recipe: str, **overrides: Any) -> TrainConfig:
     """``TrainConfig`` with preset ``recipe`` applied (for ``overrides``' family and dataset, default mlp on
     digits), then ``overrides`` (``None`` overrides are ignored). ``ahps train --recipe`` builds its
     configuration with it."""
-    from ahps_core.train import TrainConfig
+    from ahps_core.train_config import TrainConfig
 
     check_choice("recipe", recipe, PRESETS)  # named as the CLI option the user gave (--recipe)
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -108,7 +108,7 @@ class ProbeBudget:
 
     def config(self, lr: float, seed: int, **identity: Any) -> TrainConfig:
         """The :class:`TrainConfig` of one probe run (``identity``: family/arch/dataset/... for bookkeeping)."""
-        from ahps_core.train import TrainConfig
+        from ahps_core.train_config import TrainConfig
 
         return TrainConfig(
             lr=lr, seed=seed, epochs=self.epochs, batch_size=self.batch_size,

@@ -3,9 +3,10 @@
 * :func:`resolve_device`: ``auto`` is CUDA when available, else CPU.
 * :func:`resolve_amp`: bf16 autocast on CUDA by default; on CPU only when asked (``amp="bf16"``), as it changes
   numerics, and only where oneDNN has native bf16 kernels (:func:`cpu_supports_bf16`). On CPUs with AMX tiles
-  (:func:`cpu_has_amx`) bf16 is a large win (measured 1.8x); with AVX512-BF16 alone bf16 convolutions measured
-  slower than fp32 (52 vs 75 img/s).
-* :func:`resolve_channels_last`: channels_last for convolutional models (on CPU about 3x NCHW), NCHW otherwise.
+  (:func:`cpu_has_amx`) bf16 is a large win (``ahps bench train`` on a 2-core AMX Xeon: 1.85x fp32 for the
+  largest NB201 cell, 1.37x for a mean one); with AVX512-BF16 alone bf16 convolutions measured slower than fp32.
+* :func:`resolve_channels_last`: channels_last for convolutional models (``ahps bench train`` on that CPU, fp32:
+  1.31x NCHW for the largest NB201 cell, 2.06x for a mean one), NCHW otherwise.
 * :func:`make_train_loader` / :func:`make_eval_loader`: device-resident :class:`~ahps_core.data.DeviceLoader`\\ s
   (the data order of epoch ``e`` depends only on ``(seed, e)``).
 * :func:`evaluate`: mean cross-entropy and accuracy, metrics accumulated on the device and read once.
@@ -28,14 +29,12 @@ from torch import nn
 
 from ahps_core.checks import check_choice
 from ahps_core.errors import ConfigError
+from ahps_core.train_config import AMP_MODES, CHANNELS_LAST_MODES, DEVICES
 
 if TYPE_CHECKING:
     from ahps_core.data import DatasetSplit, DeviceLoader
-    from ahps_core.train import TrainConfig
+    from ahps_core.train_config import TrainConfig
 
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "bf16", "off")
-CHANNELS_LAST_MODES = ("auto", "on", "off")
 EVAL_BATCH = 1024
 
 

@@ -18,7 +18,7 @@ boto3's usual resolution
 cluster they come from Kubernetes secrets as environment variables, never from pipeline parameters.
 
 Errors are :class:`~ahps_core.errors.DataError` naming the URI (:func:`ahps_core.data.s3.as_data_error`). boto3
-is imported lazily.
+and :mod:`ahps_core.data` (which imports torch) are imported lazily: :func:`slug` and the locations are cheap.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import os
 import re
 from pathlib import Path
 
-from ahps_core.data.s3 import as_data_error, make_client, parse_s3_uri
 from ahps_core.errors import ConfigError
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
@@ -72,6 +71,8 @@ def download_prefix(uri: str, dest: str | os.PathLike[str], *, endpoint_url: str
     Objects already present in ``dest`` with the same size are skipped. Missing prefix: nothing happens.
     """
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from ahps_core.data.s3 import as_data_error, make_client, parse_s3_uri
 
     bucket, prefix = parse_s3_uri(uri)
     start = f"{prefix}/" if prefix else ""
@@ -128,6 +129,8 @@ class CheckpointSync:
         if not self.remote:
             return []
         from botocore.exceptions import BotoCoreError, ClientError
+
+        from ahps_core.data.s3 import as_data_error, make_client, parse_s3_uri
 
         bucket, prefix = parse_s3_uri(self.location)
         client = make_client(self.endpoint_url)

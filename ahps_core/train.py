@@ -26,8 +26,10 @@ metrics and weights as an uninterrupted run (bit for bit on CPU: the data order 
 again returns that result without training. A checkpoint of a *different* configuration is an error.
 
 Speed (:mod:`ahps_core.runtime`; CUDA): bf16 autocast, channels_last for convolutional models, device-resident
-data, metrics accumulated on the device and read once per epoch. CPU: channels_last for convolutional models
-(about 3x NCHW); bf16 autocast only when asked (``amp="bf16"``), as it changes numerics.
+data, metrics accumulated on the device and read once per epoch; with ``step_mode`` ``graphs`` or ``compile`` the
+run goes to the packed engine (:mod:`ahps_core.packed_gpu`: the step replayed from a CUDA graph, or compiled).
+CPU: fp32, channels_last for convolutional models (``ahps bench train`` measures what it gains on the machine at
+hand: README "Benchmarks"); bf16 autocast only when asked (``amp="bf16"``), as it changes numerics.
 
 This module never imports mlflow: ``callback(epoch_record)`` is the hook the tracking adapter uses.
 """
@@ -56,13 +58,11 @@ from ahps_core.checkpoint import (
     write_checkpoint,
     write_result,
 )
-from ahps_core.checks import check_choice, check_int, check_lr, check_writable_dir, is_number
+from ahps_core.checks import check_writable_dir
 from ahps_core.errors import ConfigError, DataError
 from ahps_core.jsonio import json_restore, json_safe, stable_hash
+from ahps_core.optim import SGD
 from ahps_core.runtime import (
-    AMP_MODES,
-    CHANNELS_LAST_MODES,
-    DEVICES,
     GpuDivergenceWatch,
     autocast,
     evaluate,
@@ -74,131 +74,20 @@ from ahps_core.runtime import (
     resolve_device,
     want_progress,
 )
-from ahps_core.models.nb201 import CELL_MODES
-from ahps_core.scaling import DEGREE_RULES, INDEGREE_MODES
+from ahps_core.train_config import (  # noqa: F401  (re-exported: the engine's configuration lives there)
+    AMP_MODES,
+    CHANNELS_LAST_MODES,
+    DEGREES,
+    DEVICES,
+    FAMILIES,
+    INITS,
+    SCHEDULES,
+    STEP_MODES,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:
     from ahps_core.data import DatasetSplit
-
-SCHEDULES = ("cosine", "constant")
-INITS = ("arch-aware", "default")
-DEGREES = DEGREE_RULES
-FAMILIES = ("mlp", "cnn", "nb201", "graph")  # graph: a caller-given model (its fx graph), ahps builds none
-
-#: Fields that do not change what a run computes (excluded from the configuration hash).
-_HASH_EXCLUDED = frozenset({"checkpoint_dir", "data_root", "divergence_check_every"})
-#: Fields added after runs were recorded: hashed only when set away from this default, so the configurations
-#: recorded before them keep their hash (and their finished runs are reused).
-_HASHED_UNLESS_DEFAULT = {"cell": "pruned", "indegree": "live"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines one training run (see the module docstring for the semantics).
-
-    ``arch`` is any spec :func:`ahps_core.specs.parse_arch` accepts for ``family``. ``width`` applies to
-    mlp/cnn (None: the model's default), ``C``/``N``/``cell`` to nb201 (``cell``: ``full`` NB201's exact cell or
-    ``pruned``, :mod:`ahps_core.models.nb201`); ``indegree`` is how the arch-aware init counts in-degrees (``live``
-    or ``all``, :func:`ahps_core.scaling.in_degrees`). ``augment`` None: the dataset's augmentation
-    (crop+flip for CIFAR/ImageNet16, none for digits). ``max_steps_per_epoch`` truncates every epoch (the
-    paper's truncated LR probe). ``eval_every`` 0 never evaluates; otherwise every that many epochs and at the
-    last epoch.
-    """
-
-    family: str = "mlp"
-    arch: str = "1"
-    dataset: str = "digits"
-    data_root: str | None = None
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    init: str = "arch-aware"
-    degree: str = "source"
-    indegree: str = "live"
-    seed: int = 0
-    width: int | None = None
-    C: int = 16
-    N: int = 5
-    cell: str = "pruned"
-    kernel_size: int | None = None
-    augment: bool | None = None
-    drop_last: bool = False
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: str = "auto"
-    max_steps_per_epoch: int | None = None
-    eval_every: int = 1
-    checkpoint_dir: str | None = None
-    divergence_check_every: int = 50
-
-    def validated(self) -> TrainConfig:
-        """Return ``self`` after checking every field; raises :class:`ConfigError` naming the bad value."""
-        check_choice("family", self.family, FAMILIES)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("device", self.device, DEVICES)
-        check_choice("amp", self.amp, AMP_MODES)
-        check_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
-        check_choice("init", self.init, INITS)
-        check_choice("degree", self.degree, DEGREES)
-        check_choice("indegree", self.indegree, INDEGREE_MODES)
-        check_choice("cell", self.cell, CELL_MODES)
-        if self.cell != "pruned" and self.family != "nb201":
-            raise ConfigError(f"cell {self.cell!r} applies to nb201 only (family {self.family!r} builds its "
-                              "DAG's input->output paths: cell 'pruned')")
-        check_lr(self.lr)
-        check_int("epochs", self.epochs, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("seed", self.seed, 0)
-        check_int("C", self.C, 1)
-        check_int("N", self.N, 1)
-        check_int("eval_every", self.eval_every, 0)
-        check_int("divergence_check_every", self.divergence_check_every, 1)
-        if self.width is not None:
-            check_int("width", self.width, 1)
-        if self.kernel_size is not None:
-            check_int("kernel_size", self.kernel_size, 1)
-        if self.max_steps_per_epoch is not None:
-            check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1)
-        for name in ("momentum", "weight_decay", "warmup_epochs"):
-            value = getattr(self, name)
-            if not is_number(value) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} {value!r} must be a finite number >= 0")
-        if self.momentum >= 1:
-            raise ConfigError(f"momentum {self.momentum!r} must be < 1")
-        if self.nesterov and self.momentum <= 0:
-            raise ConfigError("nesterov needs momentum > 0 (got momentum 0)")
-        if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
-        if not isinstance(self.arch, str) or not self.arch.strip():
-            raise ConfigError(f"arch {self.arch!r} must be a non-empty architecture spec")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown training options {unknown}; accepted: {', '.join(sorted(names))}")
-        return cls(**dict(data))
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def hash(self, extra: Mapping[str, Any] | None = None) -> str:
-        """A short hash of the fields that change what the run computes (plus ``extra``)."""
-        payload = {k: v for k, v in self.to_dict().items()
-                   if k not in _HASH_EXCLUDED and (k not in _HASHED_UNLESS_DEFAULT or v != _HASHED_UNLESS_DEFAULT[k])}
-        if extra:
-            payload["_extra"] = dict(extra)
-        return stable_hash(payload)
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -298,18 +187,28 @@ def build_config_model(config: TrainConfig, data: DatasetSplit) -> nn.Module:
     )
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """One SGD parameter group holding every parameter (one global LR, like the reference code)."""
-    return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+def make_optimizer(model: nn.Module, config: TrainConfig) -> SGD:
+    """One SGD parameter group holding every parameter (one global LR, like the reference code):
+    :class:`ahps_core.optim.SGD`, ``torch.optim.SGD``'s update and state format without importing torch._dynamo."""
+    return SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+               weight_decay=config.weight_decay)
 
 
 def model_signature(model: nn.Module) -> dict[str, Any]:
     """Class and parameter/buffer shapes of ``model`` (part of the checkpoint hash of a caller-given model)."""
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     return {"class": type(model).__name__, "state": stable_hash(shapes)}
+
+
+def run_hash(config: TrainConfig, data: DatasetSplit, model: nn.Module | None = None) -> str:
+    """The hash a run's checkpoint and result files carry: the configuration, the data (name and training size)
+    and, for a caller-given ``model``, its :func:`model_signature`."""
+    extra: dict[str, Any] = {"data": data.name, "train_images": len(data.train)}
+    if data.metadata.get("split_md5"):  # an NB201 split file: another file is another run
+        extra["split_md5"] = data.metadata["split_md5"]
+    if model is not None:
+        extra["model"] = model_signature(model)
+    return config.hash(extra)
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
@@ -333,6 +232,12 @@ def train(
     """
     config = config.validated()
     device = resolve_device(config.device)
+    if model is None and device.type == "cuda" and config.step_mode != "eager":
+        from ahps_core.packed import train_pack
+        from ahps_core.packed_gpu import resolve_step_mode
+
+        if resolve_step_mode(config.step_mode, device) != "eager":  # CUDA graphs / torch.compile: the packed engine
+            return train_pack([config], data=data, callbacks=[callback], progress=progress, stack="on")[0]
     if data is None:
         data = load_data(config)
     custom_model = model is not None
@@ -356,12 +261,7 @@ def train(
     optimizer = make_optimizer(model, config)
     num_params = sum(p.numel() for p in model.parameters())
 
-    extra: dict[str, Any] = {"data": data.name, "train_images": len(data.train)}
-    if data.metadata.get("split_md5"):  # an NB201 split file: another file is another run
-        extra["split_md5"] = data.metadata["split_md5"]
-    if custom_model:
-        extra["model"] = model_signature(model)
-    config_hash = config.hash(extra)
+    config_hash = run_hash(config, data, model if custom_model else None)
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
 
     history: list[dict[str, Any]] = []

@@ -7,6 +7,8 @@
     c.find_base_lr, c.transfer, c.train, c.compare                              # transfer
     c.sample_cells, c.reeval_base_lr, c.reeval_plan, c.reeval_train, c.rank     # reevaluate
 
+(``train`` and ``reeval_train`` train a *pack*: every arm x seed of one or more architectures.)
+
 Every component is a lightweight Python component with ``install_kfp_package=False`` (the image ships kfp,
 ahps and its pins), so a task starts in ~60 ms on kfp's local SubprocessRunner.
 """

@@ -73,13 +73,16 @@ def transfer(
     fixed_lr: float,
     rule: str,
     convention: str,
+    pack: int,
     tracking_uri: str,
     mlflow_experiment: str,
     run_group: str,
     plan: Output[Artifact],
 ) -> List[dict]:
-    """LR + init plan of every target x {autoscaled, fixed} x seed; skipped targets recorded with their reason."""
+    """LR + init plan of every target x {autoscaled, fixed} x seed, grouped into packs of ``pack`` architectures
+    (the training tasks); skipped targets recorded with their reason."""
     from ahps_core.steps.common import prepare_env
+    from ahps_core.steps.pack import make_packs
     from ahps_core.steps.transfer import plan_step
 
     prepare_env()
@@ -88,12 +91,13 @@ def transfer(
         rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         run_group=run_group, out_dir=plan.path,
     )
-    plan.metadata.update({"trainings": len(items), "base_lr": base_lr})
-    return items
+    packs = make_packs(items, pack)
+    plan.metadata.update({"trainings": len(items), "packs": len(packs), "base_lr": base_lr})
+    return packs
 
 
 def train(
-    item: dict,
+    pack: dict,
     family: str,
     dataset: str,
     data_source: str,
@@ -112,23 +116,20 @@ def train(
     split_file: str,
     model: Output[Model],
     metrics: Output[Metrics],
-) -> dict:
-    """One architecture x arm x seed: trains (or reuses a finished run), writes the checkpoint and result."""
+) -> List[dict]:
+    """A pack: every arm x seed of its architectures, trained together (or reused), one MLflow run each."""
     from ahps_core.steps.common import prepare_env
-    from ahps_core.steps.training import train_step
-    from components.outputs import log_metrics, scalars, set_metadata
+    from ahps_core.steps.pack import train_pack_step
+    from components.outputs import pack_outputs
 
     prepare_env(s3_endpoint)
-    summary = train_step(
-        item=item, family=family, dataset=dataset, data_source=data_source, epochs=epochs, train_recipe=train_recipe,
+    summaries = train_pack_step(
+        pack=pack, family=family, dataset=dataset, data_source=data_source, epochs=epochs, train_recipe=train_recipe,
         batch_size=batch_size, width=width, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
-        run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
-        model_dir=model.path, split_file=split_file,
+        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path, split_file=split_file,
     )
-    set_metadata(model, summary, ("arch", "arm", "seed", "lr", "status", "mlflow_run_id", "reused"))
-    log_metrics(metrics, summary, ("eval_acc", "train_loss", "lr"))
-    return scalars(summary)
+    return pack_outputs(pack, summaries, model, metrics, ("eval_acc", "train_loss"))
 
 
 def compare(
@@ -147,12 +148,13 @@ def compare(
     from ahps_core.jsonio import read_json
     from ahps_core.reports import format_markdown
     from ahps_core.steps.common import PLAN_FILE, prepare_env
+    from ahps_core.steps.pack import pack_items
     from ahps_core.steps.transfer import compare_step
     from components.outputs import log_metrics
 
     prepare_env()
     result = compare_step(
-        results=list(results), plan=read_json(plan.path, PLAN_FILE), family=family, dataset=dataset,
+        results=pack_items(results), plan=read_json(plan.path, PLAN_FILE), family=family, dataset=dataset,
         tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group, out_dir=summary.path,
     )
     with open(report.path, "w") as fh:
@@ -261,14 +263,17 @@ def reeval_plan(
     rule: str,
     convention: str,
     N: int,
+    pack: int,
     tracking_uri: str,
     mlflow_experiment: str,
     run_group: str,
     plan: Output[Artifact],
 ) -> List[dict]:
-    """Transferred LR + arch-aware init of every sampled cell x seed (autoscaled arm), with its benchmark acc."""
+    """Transferred LR + arch-aware init of every sampled cell x seed (autoscaled arm), with its benchmark acc,
+    grouped into packs of ``pack`` cells (the training tasks)."""
     from ahps_core.jsonio import read_json
     from ahps_core.steps.common import SAMPLE_FILE, prepare_env
+    from ahps_core.steps.pack import make_packs
     from ahps_core.steps.reevaluate import reeval_plan_step
 
     prepare_env()
@@ -277,12 +282,13 @@ def reeval_plan(
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment, run_group=run_group,
         out_dir=plan.path, N=N,
     )
-    plan.metadata.update({"trainings": len(items), "base_lr": base_lr})
-    return items
+    packs = make_packs(items, pack)
+    plan.metadata.update({"trainings": len(items), "packs": len(packs), "base_lr": base_lr})
+    return packs
 
 
 def reeval_train(
-    item: dict,
+    pack: dict,
     dataset: str,
     data_source: str,
     checksums_file: str,
@@ -304,24 +310,21 @@ def reeval_train(
     indegree: str,
     model: Output[Model],
     metrics: Output[Metrics],
-) -> dict:
-    """One cell x seed with the NB201 recipe at its own LR and init; logs benchmark_acc, new_acc, delta."""
+) -> List[dict]:
+    """A pack of cells x seeds with the NB201 recipe, each at its own LR and init; benchmark_acc, new_acc, delta."""
     from ahps_core.steps.common import prepare_env
-    from ahps_core.steps.reevaluate import reeval_train_step
-    from components.outputs import log_metrics, scalars, set_metadata
+    from ahps_core.steps.reevaluate import reeval_train_pack_step
+    from components.outputs import pack_outputs
 
     prepare_env(s3_endpoint)
-    summary = reeval_train_step(
-        item=item, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
+    summaries = reeval_train_pack_step(
+        pack=pack, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
         batch_size=batch_size, C=C, N=N, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
         convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model.path, split_file=split_file,
         amp=amp, cell=cell, indegree=indegree,
     )
-    set_metadata(model, summary, ("arch", "arch_code", "benchmark_index", "seed", "lr", "status", "mlflow_run_id",
-                                  "reused"))
-    log_metrics(metrics, summary, ("new_acc", "benchmark_acc", "delta", "train_loss", "lr"))
-    return scalars(summary)
+    return pack_outputs(pack, summaries, model, metrics, ("new_acc", "delta"))
 
 
 def rank(
@@ -343,12 +346,13 @@ def rank(
     from ahps_core.jsonio import read_json
     from ahps_core.reports import format_reevaluation_markdown
     from ahps_core.steps.common import PLAN_FILE, SAMPLE_FILE, prepare_env
+    from ahps_core.steps.pack import pack_items
     from ahps_core.steps.reevaluate import rank_step, ranking_metrics
     from components.outputs import log_metrics
 
     prepare_env()
     result = rank_step(
-        results=list(results), sample=read_json(cells.path, SAMPLE_FILE), plan=read_json(plan.path, PLAN_FILE),
+        results=pack_items(results), sample=read_json(cells.path, SAMPLE_FILE), plan=read_json(plan.path, PLAN_FILE),
         dataset=dataset, topk=list(topk), n_boot=int(n_boot), select_by=select_by, tracking_uri=tracking_uri,
         experiment=mlflow_experiment, run_group=run_group, out_dir=summary.path,
     )

@@ -25,3 +25,18 @@ def set_metadata(artifact: Any, values: Mapping[str, Any], keys: Iterable[str]) 
 def scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
     """A step's summary without its nested values: what a ParallelFor iteration hands to the fan-in step."""
     return {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+
+
+def pack_outputs(pack: Any, summaries: list[Mapping[str, Any]], model: Any, metrics: Any,
+                 keys: Iterable[str]) -> list[dict[str, Any]]:
+    """A pack's KFP outputs: its model artifact's metadata (architectures, trainings, reused, MLflow run ids),
+    each run's ``keys`` as metrics named ``<arch>-<arm>-s<seed>-<key>``; returns the runs' :func:`scalars`."""
+    from ahps_core.storage import slug
+
+    model.metadata.update({"archs": list(pack.get("archs", [])), "trainings": len(summaries),
+                           "reused": sum(1 for s in summaries if s.get("reused")),
+                           "mlflow_run_ids": [s.get("mlflow_run_id") for s in summaries]})
+    for s in summaries:
+        name = f"{slug(str(s.get('arch')))}-{s.get('arm') or s.get('recipe')}-s{s.get('seed')}"
+        log_metrics(metrics, {f"{name}-{k}": s.get(k) for k in keys})
+    return [scalars(s) for s in summaries]

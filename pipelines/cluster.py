@@ -3,10 +3,11 @@
 * :func:`cluster_params`: the tracking/cluster parameters every pipeline takes (tracking URI, MLflow experiment,
   run group, checkpoint root, S3 endpoint, secret names, GPU placement);
 * :class:`TaskSettings`: the compile-time options of ``build`` (checked when made) and what they do to
-  a task -- :meth:`TaskSettings.with_secrets` (S3 and MLflow credentials as env vars from Kubernetes secrets,
-  optional, names from parameters; the tracking-host policy from the ConfigMap ``ahps-policy``; the security
-  context, :func:`secure`), :meth:`TaskSettings.training` (GPU request, tolerations and node selector
-  from parameters, the dataset cache volume, preemption retries);
+  a task -- :meth:`TaskSettings.common` (every task: S3 and MLflow credentials as env vars from Kubernetes
+  secrets, optional, names from parameters; the tracking-host policy from the ConfigMap ``ahps-policy``; the
+  security context, :func:`secure`; CPU/memory requests), :meth:`TaskSettings.training` (GPU request, larger
+  CPU/memory requests, the step mode, tolerations and node selector from parameters, the dataset cache volume,
+  preemption retries);
 * :func:`pipeline_context`: the components and settings a pipeline's ``build`` wires.
 
 The checks of these parameters live with the others in :mod:`ahps_core.steps.params`.
@@ -17,6 +18,7 @@ settings are silently ignored). Credential *values* are never parameters: only s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -34,6 +36,15 @@ POLICY_CONFIGMAP = "ahps-policy"
 POLICY_KEYS = ("AHPS_ALLOWED_TRACKING_HOSTS",)
 #: The image's non-root user and group (Dockerfile: ``USER 1000:1000``).
 RUN_AS_USER = 1000
+#: CPU/memory requests of every task, and of the training steps (which load a dataset, torch and a model).
+DEFAULT_REQUESTS = {"cpu": "500m", "memory": "2Gi"}
+DEFAULT_TRAIN_REQUESTS = {"cpu": "4", "memory": "16Gi"}
+#: ``ahps_core.packed_gpu.STEP_MODE_ENV`` and ``ahps_core.train_config.STEP_MODES`` (not imported: they would pull
+#: torch into compiling a pipeline)
+STEP_MODE_ENV = "AHPS_STEP_MODE"
+STEP_MODES = ("eager", "graphs", "compile")
+_CPU = re.compile(r"^[0-9]+(\.[0-9]+)?m?$")
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$")
 
 
 def cluster_params(*, experiment: str = "ahps") -> dict[str, Param]:
@@ -64,7 +75,9 @@ class TaskSettings:
     ``dataset_pvc``: a PVC mounted at ``cache_dir`` instead of an emptyDir (``cache_dir`` ``""``: no cache volume
     and no ``AHPS_DATA_CACHE``); ``parallelism``: concurrent trainings of the ParallelFor (0: unlimited);
     ``retries``: retries of the training steps after a failure/preemption (0: none) with ``backoff`` doubling by
-    ``backoff_factor``. The options are checked when the settings are made.
+    ``backoff_factor``; ``cpu_request``/``memory_request``: every task's requests, ``train_*``: the training
+    steps'; ``step_mode``: ``$AHPS_STEP_MODE`` of the training steps (``graphs``: CUDA graphs, ``compile``:
+    torch.compile; empty: eager). The options are checked when the settings are made.
     """
 
     accelerator: str = DEFAULT_ACCELERATOR
@@ -75,12 +88,33 @@ class TaskSettings:
     retries: int = 3
     backoff: str = "60s"
     backoff_factor: float = 2.0
+    cpu_request: str = DEFAULT_REQUESTS["cpu"]
+    memory_request: str = DEFAULT_REQUESTS["memory"]
+    train_cpu_request: str = DEFAULT_TRAIN_REQUESTS["cpu"]
+    train_memory_request: str = DEFAULT_TRAIN_REQUESTS["memory"]
+    step_mode: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.gpus, int) or self.gpus < 0:
             raise ConfigError(f"gpus {self.gpus!r} must be an integer >= 0")
         if self.parallelism < 0:
             raise ConfigError(f"parallelism {self.parallelism!r} must be >= 0 (0: unlimited)")
+        if self.step_mode and self.step_mode not in STEP_MODES:
+            raise ConfigError(f"step_mode {self.step_mode!r}: accepted are {', '.join(STEP_MODES)} (or empty: the "
+                              "image's default, eager)")
+        for name in ("cpu_request", "train_cpu_request"):
+            if not _CPU.match(getattr(self, name)):
+                raise ConfigError(f"{name} {getattr(self, name)!r} must be a Kubernetes CPU quantity, e.g. 2 or 500m")
+        for name in ("memory_request", "train_memory_request"):
+            if not _MEMORY.match(getattr(self, name)):
+                raise ConfigError(f"{name} {getattr(self, name)!r} must be a Kubernetes memory quantity, e.g. 4Gi")
+
+    def common(self, task, s3_secret, mlflow_secret):
+        """What every task gets: the credentials (:meth:`with_secrets`) and its CPU/memory requests (a training
+        step's are raised by :meth:`training`)."""
+        self.with_secrets(task, s3_secret, mlflow_secret)
+        task.set_cpu_request(self.cpu_request).set_memory_request(self.memory_request)
+        return task
 
     def with_secrets(self, task, s3_secret, mlflow_secret):
         """What every task of a pipeline gets on a cluster: S3 and MLflow credentials as env vars from the
@@ -115,6 +149,9 @@ class TaskSettings:
 
         if self.accelerator and self.gpus > 0:
             task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpus)
+        task.set_cpu_request(self.train_cpu_request).set_memory_request(self.train_memory_request)
+        if self.step_mode:
+            task.set_env_variable(STEP_MODE_ENV, self.step_mode)
         kubernetes.add_toleration_json(task, tolerations)
         kubernetes.add_node_selector_json(task, node_selector)
         self.cache(task)
@@ -143,6 +180,7 @@ def pipeline_context(settings: TaskSettings | None, base_image: str | None) -> t
     return make_components(base_image), settings or TaskSettings()
 
 
-__all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_TOLERATIONS", "MLFLOW_SECRET_KEYS",
-           "POLICY_CONFIGMAP", "POLICY_KEYS", "RUN_AS_USER", "S3_SECRET_KEYS", "TaskSettings", "cluster_params",
-           "pipeline_context", "secure"]
+__all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_REQUESTS", "DEFAULT_TOLERATIONS",
+           "DEFAULT_TRAIN_REQUESTS", "MLFLOW_SECRET_KEYS", "POLICY_CONFIGMAP", "POLICY_KEYS", "RUN_AS_USER",
+           "S3_SECRET_KEYS", "STEP_MODES", "STEP_MODE_ENV", "TaskSettings", "cluster_params", "pipeline_context",
+           "secure"]

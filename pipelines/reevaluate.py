@@ -15,7 +15,8 @@ Steps (components, see :mod:`components.ops`; logic in :mod:`ahps_core.steps.ree
 2. ``reeval-base-lr``: the base LR, given (``base_lr``, NB201 reference code: 0.46 with ``--lr_autoscale``) or,
    with ``base_lr`` 0, searched on the nb201 proxy (the transfer pipeline's find-base-LR step).
 3. ``reeval-plan``: the LR of every cell (rule/convention) and the arch-aware init, per seed.
-4. ``reeval-train`` (ParallelFor): NB201's recipe (SGD 0.9 Nesterov, wd 5e-4, cosine, batch 256, crop+flip) on
+4. ``reeval-train`` (ParallelFor over packs of ``pack`` cells with all their seeds: :mod:`ahps_core.steps.pack`):
+   NB201's recipe (SGD 0.9 Nesterov, wd 5e-4, cosine, batch 256, crop+flip) on
    the macro network ``C``/``N`` for ``epochs``, evaluated on the part holding the benchmark's headline set;
    one MLflow child run per cell x seed with ``benchmark_acc``, ``new_acc``, ``delta``.
 5. ``rank``: the ranking run (``tau_top<K>``, ``spearman_top<K>``, ``noise_tau_top<K>``, delta with CI, gaps,
@@ -95,6 +96,8 @@ PARAMS: dict[str, Param] = {
     "n_boot": Param(1000, "bootstrap resamples of the confidence intervals (0: none)"),
     "select_by": Param("benchmark", "which accuracy picks the top-K% sets: benchmark or new"),
     "device": Param("auto", "training device: auto, cpu or cuda"),
+    "pack": Param(1, "cells per training task (every seed of a cell trains together; on a GPU the cells of a pack "
+                     "train in concurrent processes); 0: one training per task"),
     **cluster_params(experiment="ahps-reevaluate"),
 }
 
@@ -107,7 +110,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     from kfp import dsl
 
     c, settings = pipeline_context(settings, base_image)
-    with_secrets, training_task = settings.with_secrets, settings.training
+    with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def reevaluate(
@@ -139,6 +142,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         n_boot: int = D["n_boot"],
         select_by: str = D["select_by"],
         device: str = D["device"],
+        pack: int = D["pack"],
         tracking_uri: str = D["tracking_uri"],
         mlflow_experiment: str = D["mlflow_experiment"],
         run_group: str = D["run_group"],
@@ -170,7 +174,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
 
         plan = c.reeval_plan(
             cells=sampled.outputs["cells"], seeds=seeds, base_lr=lr.outputs["base_lr"], rule=rule,
-            convention=convention, N=N, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
+            convention=convention, N=N, pack=pack, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
             run_group=group,
         )
         with_secrets(plan, s3_secret, mlflow_secret)
@@ -179,7 +183,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         # LR and benchmark accuracy travel in the item.
         with dsl.ParallelFor(plan.outputs["Output"], parallelism=settings.parallelism or None) as item:
             trained = c.reeval_train(
-                item=item, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
+                pack=item, dataset=dataset, data_source=data_source, checksums_file=checksums_file, epochs=epochs,
                 batch_size=batch_size, C=C, N=N, max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule,
                 convention=convention, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
                 checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, split_file=split_file, amp=amp, cell=cell,

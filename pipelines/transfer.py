@@ -1,5 +1,5 @@
-"""The ``transfer`` pipeline: find-base-LR (proxy) -> transfer -> ParallelFor over targets x {autoscaled, fixed} x
-seeds -> train -> compare.
+"""The ``transfer`` pipeline: find-base-LR (proxy) -> transfer -> ParallelFor over packs (``pack`` targets each, with
+all their {autoscaled, fixed} x seeds: :mod:`ahps_core.steps.pack`) -> train -> compare.
 
 One pipeline function serves both worlds. On a Kubeflow cluster the training steps (``find-base-lr`` trains the
 proxy's probes, ``train`` the targets) request a GPU (accelerator type and count: compile-time options, see
@@ -56,6 +56,8 @@ PARAMS: dict[str, Param] = {
     "width": Param(0, "hidden width of mlp/cnn networks (probe and targets); 0: the dataset's default"),
     "max_steps_per_epoch": Param(0, "truncate every training epoch to this many steps; 0: full epochs"),
     "device": Param("auto", "training device: auto, cpu or cuda"),
+    "pack": Param(1, "architectures per training task (every arm x seed of an architecture trains together, "
+                     "stacked where it pays); 0: one training per task"),
     **cluster_params(experiment="ahps"),
 }
 
@@ -69,7 +71,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     from kfp import dsl
 
     c, settings = pipeline_context(settings, base_image)
-    with_secrets, training_task = settings.with_secrets, settings.training
+    with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     def transfer(
@@ -91,6 +93,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
         width: int = D["width"],
         max_steps_per_epoch: int = D["max_steps_per_epoch"],
         device: str = D["device"],
+        pack: int = D["pack"],
         tracking_uri: str = D["tracking_uri"],
         mlflow_experiment: str = D["mlflow_experiment"],
         run_group: str = D["run_group"],
@@ -113,16 +116,16 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
 
         plan = c.transfer(
             family=family, targets=targets, seeds=seeds, base_lr=search.outputs["base_lr"], fixed_lr=fixed_lr,
-            rule=rule, convention=convention, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
-            run_group=group,
+            rule=rule, convention=convention, pack=pack, tracking_uri=tracking_uri,
+            mlflow_experiment=mlflow_experiment, run_group=group,
         )
         with_secrets(plan, s3_secret, mlflow_secret)
 
         # Inside the loop only the item and pipeline parameters are used: kfp 2.17's local runner resolves any
-        # other upstream output there to the loop item, so the run group travels in the item.
+        # other upstream output there to the loop item, so the run group travels in the item (a pack).
         with dsl.ParallelFor(plan.outputs["Output"], parallelism=settings.parallelism or None) as item:
             trained = c.train(
-                item=item, family=family, dataset=dataset, data_source=data_source, epochs=epochs,
+                pack=item, family=family, dataset=dataset, data_source=data_source, epochs=epochs,
                 train_recipe=train_recipe, batch_size=batch_size, width=width,
                 max_steps_per_epoch=max_steps_per_epoch, device=device, rule=rule, convention=convention,
                 tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,

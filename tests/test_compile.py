@@ -81,8 +81,13 @@ def test_gpu_requests_and_retries(compiled):
     for name in ("exec-train", "exec-find-base-lr"):
         acc = executors[name]["container"]["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
-    for name in ("exec-transfer", "exec-compare"):
-        assert "resources" not in executors[name]["container"]
+    for name in ("exec-transfer", "exec-compare"):  # no GPU, but CPU/memory requests like every task
+        res = executors[name]["container"]["resources"]
+        assert "accelerator" not in res and (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("500m", "2Gi")
+    for name in ("exec-train", "exec-find-base-lr"):
+        res = executors[name]["container"]["resources"]
+        assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("4", "16Gi")
+        assert "AHPS_STEP_MODE" not in {e["name"] for e in executors[name]["container"].get("env", [])}
     policy = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["retryPolicy"]
     assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
     assert spec["root"]["dag"]["tasks"]["find-base-lr"]["retryPolicy"]["maxRetryCount"] == 3
@@ -127,11 +132,15 @@ def test_compile_options(tmp_path):
     _, (spec, platform), r = compile_yaml(
         tmp_path, "--image", "registry.example.com/ahps:9.9", "--accelerator", "", "--dataset-pvc", "ahps-data",
         "--cache-dir", "/data/cache", "--parallelism", "4", "--retries", "0", "-p", "epochs=7",
-        "-p", 'targets=["2_02","2_22"]',
+        "-p", 'targets=["2_02","2_22"]', "--step-mode", "graphs",
     )
     executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-train", "exec-find-base-lr"):  # the training steps' step mode, as env
+        env = {e["name"]: e["value"] for e in executors[name]["container"]["env"]}
+        assert env["AHPS_STEP_MODE"] == "graphs"
+    assert "env" not in executors["exec-compare"]["container"]
     assert {ex["container"]["image"] for ex in executors.values()} == {"registry.example.com/ahps:9.9"}
-    assert "resources" not in executors["exec-train"]["container"]
+    assert "accelerator" not in executors["exec-train"]["container"]["resources"]
     assert spec["root"]["dag"]["tasks"]["for-loop-1"]["iteratorPolicy"]["parallelismLimit"] == 4
     assert "retryPolicy" not in spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]

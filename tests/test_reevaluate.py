@@ -231,8 +231,10 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
     for name in ("exec-reeval-train", "exec-reeval-base-lr"):
         acc = executors[name]["container"]["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
-    for name in ("exec-sample-cells", "exec-reeval-plan", "exec-rank"):
-        assert "resources" not in executors[name]["container"]
+    for name in ("exec-sample-cells", "exec-reeval-plan", "exec-rank"):  # CPU/memory requests, no GPU
+        res = executors[name]["container"]["resources"]
+        assert "accelerator" not in res and res["resourceCpuRequest"] == "500m"
+    assert executors["exec-reeval-train"]["container"]["resources"]["resourceMemoryRequest"] == "16Gi"
     policy = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["reeval-train"]["retryPolicy"]
     assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
     assert tasks["reeval-base-lr"]["retryPolicy"]["maxRetryCount"] == 3

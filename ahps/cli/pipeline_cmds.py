@@ -48,14 +48,19 @@ def _compile_options(f):
                      help="Concurrent training steps (0: unlimited).")(f)
     f = click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
                      help="Retries of a training step (preemption), 60 s backoff doubling.")(f)
+    f = click.option("--step-mode", type=click.Choice(["", "eager", "graphs", "compile"]), default="",
+                     help="Training step on the GPU: graphs (CUDA graphs), compile (torch.compile), eager; "
+                          "default: the image's (eager).")(f)
     return f
 
 
-def _settings(accelerator: str, gpus: int, dataset_pvc: str, cache_dir: str | None, parallelism: int, retries: int):
+def _settings(accelerator: str, gpus: int, dataset_pvc: str, cache_dir: str | None, parallelism: int, retries: int,
+              step_mode: str = ""):
     from pipelines.cluster import DEFAULT_CACHE_DIR, TaskSettings
 
     return TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, parallelism=parallelism,
-                        retries=retries, cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
+                        retries=retries, cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir,
+                        step_mode=step_mode)
 
 
 # --- ahps run ---------------------------------------------------------------------------------------------------
@@ -98,9 +103,10 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     out_dir = Path(output_dir).resolve()
     uri = tracking_uri if tracking_uri is not None else (given.get("tracking_uri")
                                                           or local_store_uri(DEFAULT_STORE_DIR))
-    args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group)
-    done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism or default_parallelism(),
-                       verbose=verbose, echo=click.echo)
+    parallelism = parallelism or default_parallelism()
+    args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group,
+                        parallelism=parallelism)
+    done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism, verbose=verbose, echo=click.echo)
     if done.ignored_cluster_settings:
         click.echo("note: the local runner ignores the cluster settings of the training steps (GPU request, node "
                    "placement, secrets, volumes); every task ran on CPU")
@@ -154,7 +160,7 @@ def _report_journal(files: list[Path], uri: str, run_group: str) -> None:
 @_params_dir_option
 @_compile_options
 def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], params_dir: str | None, image,
-                accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
+                accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode) -> None:
     """Compile PIPELINE to Kubeflow Pipelines IR YAML."""
     from ahps.orchestration.kfp_client import build, check_image, compile_to
     from ahps.orchestration.params import check_no_credentials, pipeline_and_params, validated
@@ -166,7 +172,7 @@ def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], para
     checked = validated(pipe, given, local=False, require_tracking=False)
     defaults = {k: checked[k] for k in given if k != "tracking_uri"} | (
         {"tracking_uri": given["tracking_uri"]} if "tracking_uri" in given else {})
-    settings = _settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries)
+    settings = _settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode)
     path = compile_to(build(pipe, settings, image), output or f"ahps-{pipe.name}.yaml", defaults)
     click.echo(f"wrote {path} (pipeline {pipe.name!r}, image {make_components(image).image}, "
                f"accelerator {accelerator or 'none'} x{gpus if accelerator else 0})")
@@ -193,14 +199,15 @@ def _kfp_options(f):
 @_compile_options
 def submit_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...],
                params_dir: str | None, run_name: str | None, image, accelerator, gpus, dataset_pvc, cache_dir,
-               parallelism, retries) -> None:
+               parallelism, retries, step_mode) -> None:
     """Submit a run of PIPELINE to a Kubeflow Pipelines host."""
     from ahps.orchestration.kfp_client import submit
     from ahps.orchestration.params import pipeline_and_params
 
     pipe, given = pipeline_and_params(pipeline, params, params_dir)
     run = submit(pipe, given, host=host, experiment=experiment, namespace=namespace, run_name=run_name,
-                 settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries), image=image)
+                 settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode),
+                 image=image)
     click.echo(f"submitted run {run.run_id} ({run.run_name!r}) of pipeline {pipe.name!r} to {run.host}, experiment "
                f"{experiment!r}")
     click.echo(f"run details: {run.host}/#/runs/details/{run.run_id}")
@@ -220,7 +227,8 @@ def submit_cmd(pipeline: str, host: str, experiment: str, namespace: str | None,
 @_compile_options
 def schedule_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...],
                  params_dir: str | None, cron: str, name: str | None, replace: bool, max_concurrency: int,
-                 catchup: bool, image, accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries) -> None:
+                 catchup: bool, image, accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries,
+                 step_mode) -> None:
     """Create a recurring run of PIPELINE on a Kubeflow Pipelines host (idempotent by --name)."""
     from ahps.orchestration.cron import kfp_cron
     from ahps.orchestration.kfp_client import schedule
@@ -230,7 +238,8 @@ def schedule_cmd(pipeline: str, host: str, experiment: str, namespace: str | Non
     pipe, given = pipeline_and_params(pipeline, params, params_dir)
     job = schedule(pipe, given, host=host, experiment=experiment, namespace=namespace, cron=cron6,
                    name=name or f"ahps-{pipe.name}", replace=replace, max_concurrency=max_concurrency, catchup=catchup,
-                   settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries), image=image)
+                   settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode),
+                 image=image)
     if job.action == "kept":
         click.echo(f"recurring run {job.name!r} already exists in experiment {experiment!r} (id "
                    f"{job.recurring_run_id}, cron {job.cron!r}): not created again; pass --replace to replace it")

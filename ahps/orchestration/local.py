@@ -1,7 +1,8 @@
 """Running a pipeline on kfp's local runner (``ahps run``): the local defaults of each pipeline, the run itself
 (SubprocessRunner in this interpreter, no venv per task), a filtered view of its output and its summary.
 
-The local defaults: ``transfer`` keeps its checkpoints under ``<output dir>/checkpoints`` (an interrupted run
+The local defaults: the architectures are packed into as many training tasks as run in parallel
+(:func:`local_pack`); ``transfer`` keeps its checkpoints under ``<output dir>/checkpoints`` (an interrupted run
 resumes its trainings); ``reevaluate`` runs on the 3-architecture NATS-Bench fixture shipped with ahps, a tiny
 generated dataset in the real CIFAR / ImageNet16 formats under ``<output dir>/synthetic-data`` (written when
 missing, after every parameter was checked) and a tiny network and budget (:data:`LOCAL_BUDGET`): a smoke test of
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import sys
@@ -56,11 +58,20 @@ LOCAL_DEFAULTS: dict[str, Callable[[Path], dict[str, Any]]] = {
 }
 
 
+def local_pack(args: dict[str, Any], parallelism: int) -> int:
+    """``pack`` of a local run: the architectures (targets, or sampled cells) spread over the local runner's
+    ``parallelism`` concurrent tasks, one pack per task, so each task's start (a process, its imports) is paid
+    once per slot rather than once per architecture."""
+    n = len(args["targets"]) if "targets" in args else int(args.get("sample_size", 1))
+    return max(1, math.ceil(n / max(1, parallelism)))
+
+
 def local_params(pipe: PipelineDef, given: dict[str, Any], *, output_dir: Path, tracking_uri: str,
-                 run_group: str | None) -> dict[str, Any]:
+                 run_group: str | None, parallelism: int | None = None) -> dict[str, Any]:
     """The full, checked parameter set of a local run: the pipeline's defaults, its local defaults, ``given``;
     the run group given or derived from the parameters (:func:`default_run_group`); the tracking store checked;
-    generated data written when the run uses it and it is missing."""
+    generated data written when the run uses it and it is missing. With ``parallelism`` and no ``pack`` given,
+    ``pack`` is :func:`local_pack`'s."""
     from ahps_core.steps.params import generated_manifest
     from ahps_core.tracking import check_tracking_uri, prepare_store, sqlite_path
 
@@ -71,6 +82,8 @@ def local_params(pipe: PipelineDef, given: dict[str, Any], *, output_dir: Path, 
     elif not given.get("run_group"):
         given["run_group"] = default_run_group(pipe.name, {**pipe.defaults(), **extra, **given})
     args = validated(pipe, given, local=True, extra=extra)
+    if parallelism and "pack" in args and "pack" not in given:
+        args["pack"] = local_pack(args, parallelism)
     args["tracking_uri"] = check_tracking_uri(args["tracking_uri"])  # before anything is trained
     check_writable_dir(output_dir, "--output-dir")
     if sqlite_path(args["tracking_uri"]) is not None:  # a fresh SQLite store gets its schema once, now
@@ -197,4 +210,4 @@ def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, pa
 
 
 __all__ = ["LOCAL_BUDGET", "LOCAL_DEFAULTS", "FilteredStdout", "LocalRun", "default_parallelism", "failure_message",
-           "local_params", "run_locally"]
+           "local_pack", "local_params", "run_locally"]

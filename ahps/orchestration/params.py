@@ -21,7 +21,7 @@ SUBMIT_TIME_PLACEHOLDERS: dict[str, dict[str, str]] = {
 }
 #: Parameters that do not change what a local run computes: left out of its default run-group key.
 _NOT_IN_RUN_GROUP = {"run_group", "checkpoint_root", "tracking_uri", "s3_secret", "mlflow_secret", "gpu_tolerations",
-                     "gpu_node_selector", "mlflow_experiment"}
+                     "gpu_node_selector", "mlflow_experiment", "pack"}
 
 
 def parse_value(text: str) -> Any:

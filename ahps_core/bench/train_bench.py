@@ -8,14 +8,18 @@ data (uint8 32x32x3, NB201's CIFAR-10 normalization, pad-4 crop + flip augmentat
   ``Dataset`` whose ``__getitem__`` pads, crops, flips and normalizes one image with torch ops on the CPU
   (``num_workers=0`` on CPU), and ``loss.item()`` after every step;
 * **ours**: :func:`ahps_core.train.train` itself: the device-resident :class:`~ahps_core.data.DeviceLoader`
-  (one gather per batch for crop+flip), channels_last, bf16 autocast where the machine has bf16 matrix units
-  (CUDA, or a CPU with AMX; on an AVX512-BF16-only CPU bf16 convs measured slower than fp32, so fp32 there),
-  metrics accumulated on the device and read once per epoch.
+  (one gather per batch for crop+flip), channels_last, metrics accumulated on the device and read once per epoch,
+  measured twice: in **fp32** and with **bf16** autocast (where the device has native bf16: CUDA, or a CPU with
+  AVX512-BF16/AMX). ``train()`` itself uses bf16 by default only on CUDA (``amp="auto"``); on CPU it trains in
+  fp32 unless asked (``amp="bf16"``), because bf16 changes the numerics. The table says which precision
+  ``train()`` uses here, and whether this CPU has AMX (:func:`ahps_core.runtime.cpu_has_amx`): machines differ,
+  and on a CPU with AVX512-BF16 but no AMX bf16 convolutions measured slower than fp32.
 
 For each architecture (default: the largest cell, every edge ``nor_conv_3x3``, and a mean cell with the space's
 expected op mix), each loop runs ``warmup`` untimed steps then ``repeats`` timed windows of ``steps`` steps,
-naive and ours alternating so a load change on a shared machine hits both; the best window of each is reported,
-with the ratio ours / naive. Our loop runs as epochs of ``steps`` steps (``max_steps_per_epoch``), its
+naive and ours (fp32, bf16) alternating so a load change on a shared machine hits all of them; the best window of
+each is reported, with the ratios ours / naive. ``ours_images_per_s``/``ratio`` are those of the precision
+``train()`` uses on this machine. Our loop runs as epochs of ``steps`` steps (``max_steps_per_epoch``), its
 per-epoch timing being the window.
 """
 
@@ -83,11 +87,11 @@ class NaiveAugmentDataset(torch.utils.data.Dataset):
         return (x - self.mean) / self.std, self.labels[i]
 
 
-def _nb201_model(spec: str, seed: int):
+def _nb201_model(spec: str, seed: int, C: int = 16, N: int = 5):
     from ahps_core.models import build_model
     from ahps_core.specs import parse_arch
 
-    return build_model(parse_arch(spec, "nb201"), num_classes=10, in_shape=(3, 32, 32),
+    return build_model(parse_arch(spec, "nb201"), num_classes=10, in_shape=(3, 32, 32), C=C, N=N,
                        generator=torch.Generator().manual_seed(seed))
 
 
@@ -125,75 +129,81 @@ class _NaiveLoop:
 
 
 def bench_arch(
-    spec: str, *, batch_size: int, steps: int, warmup: int, repeats: int, device: str, amp: str,
-    channels_last: str, seed: int = 0,
+    spec: str, *, batch_size: int, steps: int, warmup: int, repeats: int, device: str, precisions: tuple[str, ...],
+    channels_last: str, seed: int = 0, C: int = 16, N: int = 5,
 ) -> dict[str, Any]:
-    """Best-of-``repeats`` images/s of both loops on NB201 cell ``spec`` (module docstring)."""
+    """Best-of-``repeats`` images/s of the naive loop and of ours in each of ``precisions`` (``fp32``, ``bf16``)
+    on NB201 cell ``spec`` in the macro network ``C``/``N`` (module docstring)."""
     from ahps_core.runtime import resolve_amp, resolve_channels_last, resolve_device
     from ahps_core.train import TrainConfig, train
 
     dev = resolve_device(device)
     num_images = batch_size * max(steps, warmup, 1) + batch_size
     data = synthetic_cifar(num_images, seed=seed)
-    model = _nb201_model(spec, seed)
+    model = _nb201_model(spec, seed, C, N)
     naive = _NaiveLoop(copy.deepcopy(model), data, batch_size, dev)
-    amp_dtype = resolve_amp(amp, dev)
     cl = resolve_channels_last(channels_last, model)
+    ours_models = {p: copy.deepcopy(model) for p in precisions}
 
-    ours_times: list[float] = []
-    ours_images: list[int] = []
-
-    def ours_window(n_steps: int, epochs: int) -> None:
+    def ours_window(precision: str, n_steps: int) -> float:
         config = TrainConfig(
-            family="nb201", arch=spec, dataset="synthetic-cifar", epochs=epochs, batch_size=batch_size, lr=0.1,
+            family="nb201", arch=spec, dataset="synthetic-cifar", C=C, N=N, epochs=1, batch_size=batch_size, lr=0.1,
             momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="constant", augment=True, drop_last=True,
-            device=str(dev.type), amp=amp, channels_last=channels_last, max_steps_per_epoch=n_steps, eval_every=0,
-            seed=seed,
+            device=str(dev.type), amp="bf16" if precision == "bf16" else "off", channels_last=channels_last,
+            max_steps_per_epoch=n_steps, eval_every=0, seed=seed,
         )
-        res = train(config, model=ours_model, data=data, progress=False)
-        for rec in res.history[-1:]:
-            ours_times.append(rec["seconds"])
-            ours_images.append(rec["images"])
+        rec = train(config, model=ours_models[precision], data=data, progress=False).history[-1]
+        return rec["images"] / rec["seconds"]
 
-    ours_model = copy.deepcopy(model)
-    naive_best = ours_best = 0.0
     if warmup:
         naive.run(warmup)
-        ours_window(warmup, 1)
-        ours_times.clear()
-        ours_images.clear()
+        for p in precisions:
+            ours_window(p, warmup)
+    naive_best = 0.0
+    ours_best = dict.fromkeys(precisions, 0.0)
     for _ in range(repeats):
         t, n = naive.run(steps)
         naive_best = max(naive_best, n / t)
-        ours_window(steps, 1)
-        ours_best = max(ours_best, ours_images[-1] / ours_times[-1])
-    return {
+        for p in precisions:
+            ours_best[p] = max(ours_best[p], ours_window(p, steps))
+    used = "bf16" if resolve_amp("auto", dev) is not None else "fp32"
+    row: dict[str, Any] = {
         "arch": spec,
         "params": sum(p.numel() for p in model.parameters()),
         "naive_images_per_s": naive_best,
-        "ours_images_per_s": ours_best,
-        "ratio": ours_best / naive_best if naive_best > 0 else math.nan,
-        "ours": {"amp": "bf16" if amp_dtype is not None else "off", "channels_last": cl, "data": "DeviceLoader"},
+        "ours": {"channels_last": cl, "data": "DeviceLoader", "train_uses": used},
         "naive": {"amp": "off", "channels_last": False, "data": "DataLoader(num_workers=0), per-sample transforms",
                   "sync": "loss.item() every step"},
     }
+    for p in ("fp32", "bf16"):
+        value = ours_best.get(p)
+        row[f"ours_{p}_images_per_s"] = value
+        row[f"ratio_{p}"] = value / naive_best if value and naive_best > 0 else None
+    chosen = ours_best.get(used) or next(iter(ours_best.values()))
+    row["ours_images_per_s"] = chosen
+    row["ratio"] = chosen / naive_best if naive_best > 0 else math.nan
+    return row
 
 
 def run_bench(
     archs: list[str], *, batch_size: int = 64, steps: int = 5, warmup: int = 2, repeats: int = 2,
-    device: str = "auto", amp: str = "auto-bf16", channels_last: str = "on", seed: int = 0,
+    device: str = "auto", precision: str = "both", channels_last: str = "on", seed: int = 0,
 ) -> dict[str, Any]:
-    """The whole benchmark: one row per architecture (``archs``: names of :data:`CELLS` or NB201 specs)."""
-    from ahps_core.runtime import cpu_has_amx, cpu_supports_bf16, resolve_device
+    """The whole benchmark: one row per architecture (``archs``: names of :data:`CELLS` or NB201 specs);
+    ``precision``: ``both`` (bf16 only where the device has native bf16), ``fp32`` or ``bf16``."""
+    from ahps_core.runtime import cpu_has_amx, cpu_supports_bf16, resolve_amp, resolve_device
 
     dev = resolve_device(device)
-    if amp == "auto-bf16":  # what the machine gives: bf16 on CUDA and on AMX CPUs (AVX512-BF16 alone is slower)
-        amp = "bf16" if dev.type == "cuda" or cpu_has_amx() else "off"
+    bf16_native = dev.type == "cuda" or cpu_supports_bf16()
+    if precision == "both":
+        precisions: tuple[str, ...] = ("fp32", "bf16") if bf16_native else ("fp32",)
+    else:
+        precisions = (precision,)
     rows = []
     for name in archs:
         spec = CELLS.get(name, name)
         row = bench_arch(spec, batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats, device=device,
-                         amp=amp, channels_last=channels_last, seed=seed)
+                         precisions=precisions, channels_last=channels_last, seed=seed)
         row["name"] = name
         rows.append(row)
     return {
@@ -203,6 +213,8 @@ def run_bench(
         "threads": torch.get_num_threads(),
         "cpu_bf16": cpu_supports_bf16(),
         "cpu_amx": cpu_has_amx(),
+        "train_uses": "bf16" if resolve_amp("auto", dev) is not None else "fp32",
+        "precisions": list(precisions),
         "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
         "torch": torch.__version__,
         "rows": rows,
@@ -228,15 +240,15 @@ def _cpu_name() -> str:
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps first.")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Best of N windows.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--amp", type=click.Choice(["auto-bf16", "bf16", "off"]), default="auto-bf16", show_default=True,
-              help="Our loop's autocast: auto-bf16 uses bf16 where the machine has it natively.")
+@click.option("--precision", type=click.Choice(["both", "fp32", "bf16"]), default="both", show_default=True,
+              help="Our loop's precision: both (bf16 where the device has native bf16), fp32 or bf16.")
 @click.option("--channels-last", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads for both loops (default: torch's).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON result here too.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def command(archs, batch_size, steps, warmup, repeats, device, amp, channels_last, threads, out_path,
+def command(archs, batch_size, steps, warmup, repeats, device, precision, channels_last, threads, out_path,
             as_json) -> None:
     """Our training loop vs a naive reference loop (images/s, same process, same model and data)."""
     if threads is not None:
@@ -245,7 +257,7 @@ def command(archs, batch_size, steps, warmup, repeats, device, amp, channels_las
         if a not in CELLS and not any(ch in a for ch in "_|"):
             raise ConfigError(f"--arch {a!r}: accepted are {', '.join(CELLS)} or an NB201 spec like 3_33_333")
     result = run_bench(list(archs), batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats,
-                       device=device, amp=amp, channels_last=channels_last)
+                       device=device, precision=precision, channels_last=channels_last)
     if out_path:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=2))
@@ -254,10 +266,19 @@ def command(archs, batch_size, steps, warmup, repeats, device, amp, channels_las
         return
     click.echo(f"device {result['device']} ({result['device_name']}), {result['threads']} threads, "
                f"batch {batch_size}, best of {repeats} x {steps} steps")
-    click.echo(f"{'arch':<10} {'spec':<10} {'naive img/s':>12} {'ours img/s':>11} {'ratio':>7}  ours")
+    amx = "yes" if result["cpu_amx"] else "no"
+    click.echo(f"AMX: {amx}; native bf16: {'yes' if result['cpu_bf16'] or result['device'] != 'cpu' else 'no'}; "
+               f"train() uses {result['train_uses']} on this machine (amp=auto)")
+    fmt = "{:<10} {:<10} {:>12} {:>12} {:>12} {:>8} {:>8}  {}"
+    click.echo(fmt.format("arch", "spec", "naive img/s", "fp32 img/s", "bf16 img/s", "fp32 x", "bf16 x", "layout"))
     for r in result["rows"]:
-        mode = f"{'channels_last' if r['ours']['channels_last'] else 'NCHW'}+{r['ours']['amp']}"
-        click.echo(f"{r['name']:<10} {r['arch']:<10} {r['naive_images_per_s']:>12.1f} "
-                   f"{r['ours_images_per_s']:>11.1f} {r['ratio']:>6.2f}x  {mode}")
+        def num(v, spec=".1f"):
+            return "-" if v is None else format(v, spec)
+        click.echo(fmt.format(r["name"], r["arch"], num(r["naive_images_per_s"]), num(r["ours_fp32_images_per_s"]),
+                              num(r["ours_bf16_images_per_s"]), num(r["ratio_fp32"], ".2f"),
+                              num(r["ratio_bf16"], ".2f"),
+                              "channels_last" if r["ours"]["channels_last"] else "NCHW"))
+    click.echo("ratio: ours / naive (same process, same model and data); train() uses "
+               f"{result['train_uses']}")
     if out_path:
         click.echo(f"wrote {out_path}")

@@ -381,15 +381,13 @@ def read_split_file(path: str | os.PathLike[str], keys: tuple[str, str], size: i
 
 
 def _load_digits() -> DatasetSplit:
-    """scikit-learn's digits as uint8 ``[N, 1, 8, 8]`` with the fixed 1437/360 split (module docstring)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's digits as uint8 ``[N, 1, 8, 8]`` with the fixed 1437/360 split (module docstring), read by
+    :mod:`ahps_core.data.digits` without importing scikit-learn."""
+    from ahps_core.data.digits import digits_arrays, digits_split
 
-    digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
-    labels = digits.target.astype(np.int64)
-    train, test = train_test_split(np.arange(len(labels)), test_size=360, stratify=labels, random_state=0)
-    train, test = np.sort(train), np.sort(test)
+    pixels, labels = digits_arrays()
+    images = np.rint(pixels * (255 / 16)).astype(np.uint8)[:, None]
+    train, test = digits_split(labels, test_size=360, seed=0)
     scaled = images[train].astype(np.float64) / 255
     mean, std = (float(scaled.mean()),), (float(scaled.std()),)
     parts = {"train": _part(images[train], labels[train]), "test": _part(images[test], labels[test])}

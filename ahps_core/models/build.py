@@ -11,7 +11,8 @@ from ahps_core.checks import check_choice, check_int
 from ahps_core.errors import ConfigError
 from ahps_core.graph import ArchGraph, Op
 from ahps_core.models.dag import DagNet
-from ahps_core.models.nb201 import CELL_MODES, TinyNetwork
+from ahps_core.models.nb201 import TinyNetwork
+from ahps_core.nb201_graph import CELL_MODES
 from ahps_core.paths import raw_moments
 from ahps_core.scaling import default_base
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ahps_core.nb201_graph import CELL_MODES
 from ahps_core.checks import check_choice
 from ahps_core.graph import ArchGraph, Op
 from ahps_core.models.dag import node_plan, run_plan
 
 #: ``full``: NB201's exact cell (every op built); ``pruned``: only the ops on input->output paths.
-CELL_MODES = ("full", "pruned")
 
 
 class ReLUConvBN(nn.Module):

@@ -47,8 +47,12 @@ def log_journaled(step: str, tr, what: str) -> None:
 
 def prepare_env(s3_endpoint: str = "") -> None:
     """Per-task environment: the S3 endpoint (data, checkpoints, MLflow's client-side S3 artifacts), a usable
-    dataset cache dir, quiet MLflow. Credentials are never parameters: they come from the environment
-    (Kubernetes secrets as env vars on a cluster)."""
+    dataset cache dir, quiet MLflow, and in a kfp executor process the fast exit once the task is done
+    (:mod:`ahps_core.fast_exit`). Credentials are never parameters: they come from the environment (Kubernetes
+    secrets as env vars on a cluster)."""
+    from ahps_core import fast_exit
+
+    fast_exit.install()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
     if s3_endpoint:
@@ -152,7 +156,7 @@ def train_config(
     least at the last epoch.
     """
     from ahps_core.presets import default_preset, default_width, preset_values
-    from ahps_core.train import TrainConfig
+    from ahps_core.train_config import TrainConfig
 
     values = preset_values(train_recipe or default_preset(family), family=family, dataset=dataset)
     if family in ("mlp", "cnn") and values.get("width") is None:

@@ -164,7 +164,7 @@ def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     check_choice("device", p["device"], DEVICES)
     _targets(p)
     _seeds(p["seeds"])
-    _minimums(p, {"epochs": 1, "lr_seeds": 1, "batch_size": 0, "width": 0, "max_steps_per_epoch": 0})
+    _minimums(p, {"epochs": 1, "lr_seeds": 1, "batch_size": 0, "width": 0, "max_steps_per_epoch": 0, "pack": 0})
     _lrs(p, ("base_lr", "fixed_lr"))
     if p["train_recipe"]:
         check_choice("train_recipe", p["train_recipe"], PRESETS)
@@ -245,7 +245,7 @@ def _reeval_benchmark(p: dict[str, Any], *, local: bool) -> None:
 def check_reevaluate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     """The ``reevaluate`` pipeline's parameters (see the module docstring); locally the benchmark is opened and
     the sample drawn, so a missing/wrong benchmark or a sample larger than its cells fails now."""
-    from ahps_core.models.nb201 import CELL_MODES
+    from ahps_core.nb201_graph import CELL_MODES
     from ahps_core.ranking import SELECT_BY
     from ahps_core.runtime import AMP_MODES
     from ahps_core.scaling import CONVENTIONS, INDEGREE_MODES, RULES
@@ -267,7 +267,7 @@ def check_reevaluate(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     check_choice("cell", p["cell"], CELL_MODES)
     check_choice("indegree", p["indegree"], INDEGREE_MODES)
     _minimums(p, {"sample_size": 1, "sample_seed": 0, "epochs": 1, "lr_seeds": 1, "C": 1, "N": 1, "batch_size": 0,
-                  "max_steps_per_epoch": 0, "n_boot": 0})
+                  "max_steps_per_epoch": 0, "n_boot": 0, "pack": 0})
     _seeds(p["seeds"])
     topk = p["topk"]
     if not topk or not all(is_number(k) and 0 < k <= 100 for k in topk):

@@ -12,6 +12,7 @@ Accuracies here are in points (%), as the benchmark reports them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,37 @@ def reeval_plan_step(
     )
 
 
+def reeval_extras(item: Mapping[str, Any]):
+    """``(extra_tags, extra_params, extra_metrics)`` of a re-evaluated cell's training: its benchmark index, code
+    and budget; ``benchmark_acc`` (mean over the records' seeds), ``new_acc`` and ``delta`` (points; a diverged
+    run counts 0 %) once trained; the run's protocol tags (``protocol``, ``protocol_deviations``) from the item.
+    (A module-level function, so a pack's worker process can receive it.)"""
+    bench = float(item["benchmark_acc"])
+    index = as_int(item["benchmark_index"], "benchmark_index")
+    budget = str(item.get("budget") or "")
+    protocol = {k: str(item[k]) for k in ("protocol", "protocol_deviations") if item.get(k)}
+    tags = {"pipeline": "reevaluate", "benchmark_index": index, "arch_code": item.get("arch_code", ""),
+            **({"budget": budget} if budget else {}), **protocol}
+    return tags, {"benchmark_index": index}, functools.partial(versus_benchmark, bench)
+
+
+def versus_benchmark(bench: float, result: Mapping[str, Any]) -> dict[str, float]:
+    new = 100.0 * accuracy_of(result)
+    return {"benchmark_acc": bench, "new_acc": new, "delta": new - bench}
+
+
+def reeval_summary(item: Mapping[str, Any], summary: Mapping[str, Any], model_dir: str | Path) -> dict[str, Any]:
+    """A cell's training summary with its benchmark comparison, also written to ``reevaluation.json``."""
+    bench = float(item["benchmark_acc"])
+    out = {**summary, **versus_benchmark(bench, summary),
+           "benchmark_index": as_int(item["benchmark_index"], "benchmark_index"),
+           "arch_code": item.get("arch_code", "")}
+    write_json(Path(model_dir) / "reevaluation.json", out)
+    log("train", f"{item['arch_code']} seed {out['seed']}: new {out['new_acc']:.2f} % vs benchmark "
+                 f"{bench:.2f} % ({out['delta']:+.2f} points)")
+    return out
+
+
 def reeval_train_step(
     *, item: Mapping[str, Any], dataset: str, data_source: str, checksums_file: str, epochs: int, batch_size: int,
     C: int, N: int, max_steps_per_epoch: int, device: str, rule: str, convention: str, tracking_uri: str,
@@ -200,16 +232,8 @@ def reeval_train_step(
     """Step 4 (one per cell x seed): :func:`train_step` with NB201's recipe (:data:`REEVAL_RECIPE`) at the item's LR
     and the architecture-aware init (``cell``, ``indegree``, ``amp``: the protocol's unless changed), split by
     ``split_file`` and evaluated on the part the benchmark reports (:data:`HEADLINE_PART`); then the run's
-    ``benchmark_acc`` (mean over the records' seeds), ``new_acc`` and ``delta`` (points; a diverged run counts 0 %)."""
-    bench = float(item["benchmark_acc"])
-    index = as_int(item["benchmark_index"], "benchmark_index")
-    budget = str(item.get("budget") or "")
-    protocol = {k: str(item[k]) for k in ("protocol", "protocol_deviations") if item.get(k)}
-
-    def versus_benchmark(result: Mapping[str, Any]) -> dict[str, float]:
-        new = 100.0 * accuracy_of(result)
-        return {"benchmark_acc": bench, "new_acc": new, "delta": new - bench}
-
+    benchmark comparison (:func:`reeval_extras`)."""
+    tags, params, metrics = reeval_extras(item)
     summary = train_step(
         item=item, family="nb201", dataset=dataset, data_source=data_source, epochs=epochs,
         train_recipe=REEVAL_RECIPE, batch_size=batch_size, width=0, max_steps_per_epoch=max_steps_per_epoch,
@@ -217,16 +241,31 @@ def reeval_train_step(
         run_group=str(item["run_group"]), checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint,
         model_dir=model_dir, C=C, N=N, checksums_file=checksums_file, eval_part=HEADLINE_PART.get(dataset, ""),
         split_file=split_file, amp=amp, cell=cell, indegree=indegree,
-        extra_tags={"pipeline": "reevaluate", "benchmark_index": index, "arch_code": item.get("arch_code", ""),
-                    **({"budget": budget} if budget else {}), **protocol},
-        extra_params={"benchmark_index": index}, extra_metrics=versus_benchmark,
+        extra_tags=tags, extra_params=params, extra_metrics=metrics,
     )
-    summary = {**summary, **versus_benchmark(summary), "benchmark_index": index,
-               "arch_code": item.get("arch_code", "")}
-    write_json(Path(model_dir) / "reevaluation.json", summary)
-    log("train", f"{item['arch_code']} seed {summary['seed']}: new {summary['new_acc']:.2f} % vs benchmark "
-                 f"{bench:.2f} % ({summary['delta']:+.2f} points)")
-    return summary
+    return reeval_summary(item, summary, model_dir)
+
+
+def reeval_train_pack_step(
+    *, pack: Mapping[str, Any], dataset: str, data_source: str, checksums_file: str, epochs: int, batch_size: int,
+    C: int, N: int, max_steps_per_epoch: int, device: str, rule: str, convention: str, tracking_uri: str,
+    experiment: str, checkpoint_root: str, s3_endpoint: str, model_dir: str, split_file: str = "", amp: str = "off",
+    cell: str = "full", indegree: str = "all",
+) -> list[dict[str, Any]]:
+    """Step 4 as packs (:mod:`ahps_core.steps.pack`): every seed of a pack's cells, each as
+    :func:`reeval_train_step` records it."""
+    from ahps_core.steps.pack import run_dir, train_pack_step
+
+    summaries = train_pack_step(
+        pack=pack, family="nb201", dataset=dataset, data_source=data_source, epochs=epochs,
+        train_recipe=REEVAL_RECIPE, batch_size=batch_size, width=0, max_steps_per_epoch=max_steps_per_epoch,
+        device=device, rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=experiment,
+        checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, model_dir=model_dir, C=C, N=N,
+        checksums_file=checksums_file, eval_part=HEADLINE_PART.get(dataset, ""), split_file=split_file, amp=amp,
+        cell=cell, indegree=indegree, extras=reeval_extras,
+    )
+    return [reeval_summary(item, summary, run_dir(model_dir, item))
+            for item, summary in zip(pack.get("items", []), summaries, strict=True)]
 
 
 def rank_step(
