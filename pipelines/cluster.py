@@ -173,11 +173,14 @@ def secure(task):
                                            run_as_non_root=True)
 
 
-def pipeline_context(settings: TaskSettings | None, base_image: str | None) -> tuple[SimpleNamespace, TaskSettings]:
-    """``(components on base_image, settings)`` for a pipeline's ``build`` (default settings when None)."""
+def pipeline_context(settings: TaskSettings | None, base_image: str | None,
+                     params: dict[str, Param] | None = None) -> tuple[SimpleNamespace, TaskSettings]:
+    """``(components on base_image, settings)`` for a pipeline's ``build`` (default settings when None); the
+    components' inputs are described by the pipeline's ``params`` help."""
     from components import make_components
 
-    return make_components(base_image), settings or TaskSettings()
+    helps = {name: p.help for name, p in (params or {}).items()}
+    return make_components(base_image, helps), settings or TaskSettings()
 
 
 __all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_REQUESTS", "DEFAULT_TOLERATIONS",

@@ -42,7 +42,7 @@ retried on preemption; every step reads the S3/MLflow credentials from the named
 """
 
 from ahps_core.protocol import nb201_protocol
-from pipelines import Param
+from pipelines import Param, documented
 from pipelines.cluster import TaskSettings, cluster_params, pipeline_context
 
 NAME = "reevaluate"
@@ -109,10 +109,11 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     :func:`pipelines.transfer.build`)."""
     from kfp import dsl
 
-    c, settings = pipeline_context(settings, base_image)
+    c, settings = pipeline_context(settings, base_image, PARAMS)
     with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    @documented(DESCRIPTION, PARAMS)  # kfp reads the Args: section: every parameter's help is its description
     def reevaluate(
         family: str = D["family"],
         benchmark: str = D["benchmark"],

@@ -20,7 +20,7 @@ Credential *values* are never parameters: only secret names are. The parameters'
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
 """
 
-from pipelines import Param
+from pipelines import Param, documented
 from pipelines.cluster import TaskSettings, cluster_params, pipeline_context
 
 NAME = "transfer"
@@ -70,10 +70,11 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     parallelism, retries)."""
     from kfp import dsl
 
-    c, settings = pipeline_context(settings, base_image)
+    c, settings = pipeline_context(settings, base_image, PARAMS)
     with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    @documented(DESCRIPTION, PARAMS)  # kfp reads the Args: section: every parameter's help is its description
     def transfer(
         family: str = D["family"],
         dataset: str = D["dataset"],

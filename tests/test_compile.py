@@ -162,3 +162,63 @@ def test_bad_compile_parameter_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "error: unknown family 'resnet': accepted are mlp, cnn, nb201"]
     assert not (tmp_path / "x.yaml").exists()
+
+
+# --- kfp conventions: descriptions, integer defaults ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_reevaluate(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile-re") / "r.yaml"
+    r = subprocess.run([*ahps_cmd(), "compile", "reevaluate", "-o", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return out.read_text(), list(yaml.safe_load_all(out.read_text())), r
+
+
+@pytest.mark.parametrize("which", ["transfer", "reevaluate"])
+def test_every_parameter_and_component_input_has_a_description(which, compiled, compiled_reevaluate):
+    """kfp reads the pipeline function's docstring ``Args:`` into the IR: every root parameter carries its help
+    from PARAMS, and every component's inputs (parameters and artifacts) a description too."""
+    import importlib
+
+    params = importlib.import_module(f"pipelines.{which}").PARAMS
+    _, (spec, _), _ = compiled if which == "transfer" else compiled_reevaluate
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == set(params)
+    missing = [n for n, p in inputs.items() if not str(p.get("description", "")).strip()]
+    assert not missing, f"root parameters without a description: {missing}"
+    assert {n: p["description"] for n, p in inputs.items()} == {n: " ".join(p.help.split()) for n, p in params.items()}
+    undescribed = [f"{c}.{n}" for c, comp in spec["components"].items() if "executorLabel" in comp
+                   for kind in ("parameters", "artifacts")
+                   for n, p in comp.get("inputDefinitions", {}).get(kind, {}).items() if not p.get("description")]
+    assert not undescribed, f"component inputs without a description: {undescribed}"
+
+
+@pytest.mark.parametrize("which", ["transfer", "reevaluate"])
+def test_integer_defaults_compile_as_integers(which, compiled, compiled_reevaluate):
+    """kfp 2.17 writes every number as a double (``20.0``, ``seeds: [0.0]``); the YAML ahps writes has the
+    pipeline function's defaults: integers (and lists of integers) as integers, floats as floats -- in the spec
+    and in kfp's header comment."""
+    text, (spec, _), _ = compiled if which == "transfer" else compiled_reevaluate
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    ints = {n: p["defaultValue"] for n, p in inputs.items() if p["parameterType"] == "NUMBER_INTEGER"}
+    assert ints and all(type(v) is int for v in ints.values()), ints
+    for name, p in inputs.items():
+        if p["parameterType"] == "NUMBER_DOUBLE":
+            assert type(p["defaultValue"]) is float, name
+    assert all(type(s) is int for s in inputs["seeds"]["defaultValue"]), inputs["seeds"]
+    if which == "transfer":
+        assert (ints["epochs"], inputs["seeds"]["defaultValue"], inputs["base_lr"]["defaultValue"]) == (20, [0], 0.0)
+        assert "#    epochs: int [Default: 20]" in text and "#    seeds: list [Default: [0]]" in text
+    else:
+        assert inputs["seeds"]["defaultValue"] == [777, 888, 999] and ints["C"] == 16
+        assert all(type(k) is int for k in inputs["topk"]["defaultValue"])
+
+
+def test_integer_defaults_given_at_compile_time_stay_integers(tmp_path):
+    _, (spec, _), _ = compile_yaml(tmp_path, "-p", "seeds=[3,4]", "-p", "epochs=5", "-p", "lr_grid=[0.1,1.0]")
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["seeds"]["defaultValue"] == [3, 4] and all(type(s) is int for s in inputs["seeds"]["defaultValue"])
+    assert type(inputs["epochs"]["defaultValue"]) is int
+    assert [type(x) for x in inputs["lr_grid"]["defaultValue"]] == [float, float]  # floats stay floats (1.0)

@@ -162,14 +162,52 @@ def _upload(kfp_client, package: Path, pipeline_name: str, namespace: str | None
     return pipeline_id, version.pipeline_version_id
 
 
+def _same_number(a: Any, b: Any) -> bool:
+    """``a == b`` where kfp's protobuf round trip may have turned ints into floats (also inside lists/dicts)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_number(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_number(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def integer_defaults(docs: list[dict[str, Any]], defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compiled documents with the root parameters' defaults as the pipeline function has them.
+
+    kfp 2.17 keeps a default in a protobuf ``Value``, whose numbers are doubles: ``epochs: int = 20`` compiles to
+    ``defaultValue: 20.0`` and ``seeds = [0]`` to ``[0.0]``. Every ``NUMBER_INTEGER``, ``LIST`` and ``STRUCT``
+    default is put back to its Python value (``defaults``) when the two are numerically equal (they always are:
+    anything else is left as kfp wrote it)."""
+    params = docs[0].get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    for name, spec in params.items():
+        if name not in defaults or "defaultValue" not in spec:
+            continue
+        if spec.get("parameterType") not in ("NUMBER_INTEGER", "LIST", "STRUCT"):
+            continue
+        want = json.loads(json.dumps(defaults[name]))
+        if _same_number(spec["defaultValue"], want):
+            spec["defaultValue"] = want
+    return docs
+
+
 def compile_to(pipeline_func, path: str | os.PathLike[str], pipeline_parameters: dict[str, Any] | None = None) -> Path:
+    """Compile ``pipeline_func`` to the IR YAML ``path`` (``pipeline_parameters``: defaults baked in), integer
+    defaults as integers (:func:`integer_defaults`; kfp's header comment is written again from the fixed spec)."""
+    import yaml
     from kfp import compiler
+    from kfp.compiler.pipeline_spec_builder import extract_comments_from_pipeline_spec
 
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise ConfigError(f"output directory {path.parent} does not exist")
     try:
         compiler.Compiler().compile(pipeline_func, str(path), pipeline_parameters=pipeline_parameters or None)
+        defaults = {k: spec.default for k, spec in (pipeline_func.component_spec.inputs or {}).items()}
+        docs = integer_defaults(list(yaml.safe_load_all(path.read_text())), {**defaults, **(pipeline_parameters or {})})
+        header = extract_comments_from_pipeline_spec(docs[0], docs[0]["pipelineInfo"].get("description"))
+        with open(path, "w") as fh:
+            fh.write(header)
+            yaml.safe_dump_all(docs, fh, sort_keys=True, allow_unicode=True)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     return path
