@@ -164,17 +164,27 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
             s3_endpoint=s3_endpoint, split_file=split_file, amp=amp, cell=cell, indegree=indegree,
         )
         settings.cache(with_secrets(sampled, s3_secret, mlflow_secret))  # the benchmark is cached like data
+        settings.uncached(sampled)  # takes the job id (opens the run group): a cache hit is impossible
         group = sampled.outputs["run_group"]
 
-        lr = c.reeval_base_lr(
-            dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr,
-            lr_grid=lr_grid, lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri,
-            mlflow_experiment=mlflow_experiment, run_group=group, s3_endpoint=s3_endpoint, split_file=split_file,
-        )
-        training_task(with_secrets(lr, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+        def base_lr_task(display_name: str):
+            task = c.reeval_base_lr(
+                dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr,
+                lr_grid=lr_grid, lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri,
+                mlflow_experiment=mlflow_experiment, run_group=group, s3_endpoint=s3_endpoint, split_file=split_file,
+            )
+            return with_secrets(task, s3_secret, mlflow_secret).set_display_name(display_name)
+
+        # GPU only where the LR search trains: base_lr 0 searches (GPU, placement, retries); a given base LR is
+        # recorded by the same step on a CPU pod.
+        with dsl.If(base_lr == 0.0, name="search-base-lr"):
+            searched = training_task(base_lr_task("reeval-base-lr (search)"), gpu_tolerations, gpu_node_selector)
+        with dsl.Else(name="given-base-lr"):
+            given = base_lr_task("reeval-base-lr (given)")
+        found_lr = dsl.OneOf(searched.outputs["base_lr"], given.outputs["base_lr"])
 
         plan = c.reeval_plan(
-            cells=sampled.outputs["cells"], seeds=seeds, base_lr=lr.outputs["base_lr"], rule=rule,
+            cells=sampled.outputs["cells"], seeds=seeds, base_lr=found_lr, rule=rule,
             convention=convention, N=N, pack=pack, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
             run_group=group,
         )
@@ -191,6 +201,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
                 indegree=indegree,
             )
             training_task(with_secrets(trained, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+            trained.set_display_name("reeval-train pack")  # static in kfp 2.17: the item's "label" names the pack
 
         ranked = c.rank(
             results=dsl.Collected(trained.outputs["Output"]), cells=sampled.outputs["cells"],

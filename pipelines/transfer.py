@@ -113,6 +113,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, s3_endpoint=s3_endpoint, split_file=split_file,
         )
         training_task(with_secrets(search, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+        settings.uncached(search)  # takes the job id (opens the run group): a cache hit is impossible
         group = search.outputs["run_group"]
 
         plan = c.transfer(
@@ -133,6 +134,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
                 checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, split_file=split_file,
             )
             training_task(with_secrets(trained, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+            trained.set_display_name("train pack")  # static in kfp 2.17: the item's "label" names the pack
 
         compared = c.compare(
             results=dsl.Collected(trained.outputs["Output"]), plan=plan.outputs["plan"], family=family,

@@ -222,3 +222,23 @@ def test_integer_defaults_given_at_compile_time_stay_integers(tmp_path):
     assert inputs["seeds"]["defaultValue"] == [3, 4] and all(type(s) is int for s in inputs["seeds"]["defaultValue"])
     assert type(inputs["epochs"]["defaultValue"]) is int
     assert [type(x) for x in inputs["lr_grid"]["defaultValue"]] == [float, float]  # floats stay floats (1.0)
+
+
+def test_parallel_for_iterations_are_named_by_their_item(compiled):
+    """kfp 2.17 takes only a static display name (``set_display_name`` assigns a string to the IR's
+    ``taskInfo.name``; a loop item there is not resolved, kubeflow/pipelines#8564, #14008): the task says what it
+    runs ("train pack") and every item -- shown as the iteration's ``pack`` input -- and its model artifact carry a
+    ``label`` naming the pack's architectures, arms and seeds."""
+    from ahps_core.steps.pack import make_packs
+
+    _, (spec, _), _ = compiled
+    assert spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["taskInfo"]["name"] == "train pack"
+    items = [{"arch": a, "arm": arm, "seed": s} for a in ("2_02", "2_22") for arm in ("autoscaled", "fixed")
+             for s in (0, 1)]
+    assert [p["label"] for p in make_packs(items, 1)] == ["2_02: autoscaled, fixed x seeds 0, 1",
+                                                           "2_22: autoscaled, fixed x seeds 0, 1"]
+    assert make_packs(items, 2)[0]["label"] == ("2_02: autoscaled, fixed x seeds 0, 1; "
+                                                "2_22: autoscaled, fixed x seeds 0, 1")
+    cell = {"arch": "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+            "arch_code": "3_33_133", "arm": "autoscaled", "seed": 777}
+    assert make_packs([cell], 1)[0]["label"] == "3_33_133: autoscaled x seed 777"
