@@ -99,11 +99,12 @@ def transfer(
     (the training tasks); skipped targets recorded with their reason."""
     from ahps_core.steps.common import prepare_env
     from ahps_core.steps.pack import make_packs
+    from ahps_core.steps.params import family_targets
     from ahps_core.steps.transfer import plan_step
 
     prepare_env()
     items = plan_step(
-        family=family, targets=[str(t) for t in targets], seeds=list(seeds), base_lr=base_lr, fixed_lr=fixed_lr,
+        family=family, targets=family_targets(family, targets), seeds=list(seeds), base_lr=base_lr, fixed_lr=fixed_lr,
         rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         run_group=run_group, out_dir=plan.path,
     )

@@ -34,6 +34,7 @@ from ahps_core.errors import ConfigError
 class Param(NamedTuple):
     default: Any
     help: str
+    items: type | None = None  #: a list parameter's element type (for ``--param`` values) when its default is []
 
 
 def param_docstring(summary: str, params: dict[str, Param]) -> str:

@@ -219,3 +219,61 @@ def test_cron_conversion(expr, expected):
 def test_bad_cron(expr, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         kfp_cron(expr)
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    """The README's shell commands starting with ``prefix`` (backslash continuations joined)."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for cmd in block.replace("\\\n", " ").splitlines():
+            cmd = cmd.split("  #")[0].strip()
+            if cmd.startswith(prefix):
+                commands.append(cmd)
+    return commands
+
+
+def test_the_readme_submit_examples_validate_as_written():
+    """Every ``ahps submit`` of the README, run as written with --dry-run (host: nothing listening; $NS set):
+    the parameters pass the checks -- ``family=nas-bench-201`` without targets gets NB201's default targets,
+    not the mlp ones -- and the package compiles."""
+    import shlex
+
+    from ahps_core.steps.params import FAMILY_TARGETS
+
+    commands = [c for c in _readme_commands("ahps submit") if "..." not in c]
+    assert any("family=nas-bench-201" in c for c in commands), commands
+    for cmd in commands:
+        args = shlex.split(cmd.replace("$NS", "ml"))[1:]
+        r = ahps(*args, "--dry-run")
+        assert r.returncode == 0, f"{cmd}\n{r.stderr}"
+        would = json.loads(r.stdout)
+        family = would["parameters"]["family"]
+        if "targets" not in would["arguments"]:
+            assert would["parameters"]["targets"] == FAMILY_TARGETS[family], cmd
+    nb = [c for c in commands if "family=nas-bench-201" in c][0]
+    would = json.loads(ahps(*shlex.split(nb.replace("$NS", "ml"))[1:], "--dry-run").stdout)
+    assert would["parameters"]["family"] == "nb201"
+    assert would["parameters"]["targets"] == ["3_03_003", "3_13_113", "3_33_133", "3_33_333", "2_22_222"]
+
+
+def test_default_targets_follow_the_family():
+    """``targets`` empty (the default) means the family's targets: in the parameter check (what ahps prints and
+    plans) and in the steps (a KFP run started with another family and no targets)."""
+    from ahps_core.errors import ConfigError as CoreConfigError
+    from ahps_core.steps.params import FAMILY_TARGETS, check_transfer, family_targets
+    from pipelines import get_pipeline
+
+    pipe = get_pipeline("transfer")
+    base = {**pipe.defaults(), "tracking_uri": "http://mlflow:5000", "dataset": "cifar10", "data_source": "s3://d/c"}
+    assert pipe.defaults()["targets"] == []
+    for family, want in (("mlp", FAMILY_TARGETS["mlp"]), ("cnn", FAMILY_TARGETS["cnn"]),
+                         ("nas-bench-201", FAMILY_TARGETS["nb201"])):
+        assert check_transfer({**base, "family": family}, local=False)["targets"] == want
+    assert check_transfer({**base, "family": "nb201", "targets": ["3_33_133"]}, local=False)["targets"] == ["3_33_133"]
+    assert family_targets("nas-bench-201", []) == FAMILY_TARGETS["nb201"] != FAMILY_TARGETS["mlp"]
+    assert family_targets("mlp", ["2_02", 3]) == ["2_02", "3"]
+    with pytest.raises(CoreConfigError, match="unknown family 'resnet'"):
+        family_targets("resnet", [])

@@ -275,7 +275,8 @@ def dry_run(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: 
             run_name: str | None, settings: TaskSettings, image: str | None, options: RunOptions,
             output: str | None = None) -> dict[str, Any]:
     """What :func:`submit` would send, without any network: the parameters checked, the pipeline compiled (to
-    ``output`` when given); returns the request's fields (the package by path and task list)."""
+    ``output`` when given); returns the request's fields (the package by path and task list) and ``parameters``,
+    the full checked parameter set the run will use (defaults resolved, e.g. the family's targets)."""
     import yaml
 
     from components import make_components
@@ -290,7 +291,7 @@ def dry_run(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: 
             "run_name": _run_name(pipe, run_name), "pipeline": spec["pipelineInfo"]["name"],
             "package": str(package) if output else None, "image": make_components(image).image,
             "tasks": sorted(spec["root"]["dag"]["tasks"]), "arguments": {k: checked[k] for k in given},
-            **options.kwargs()}
+            **options.kwargs(), "parameters": checked}
 
 
 def submit(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: str, namespace: str | None,
