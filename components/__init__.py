@@ -19,7 +19,7 @@ import functools
 import os
 from types import SimpleNamespace
 
-DEFAULT_IMAGE = "ghcr.io/ahps-project/ahps:0.1.0"
+DEFAULT_IMAGE = "registry.example.com/ahps:0.1.0"  #: the image the README builds, the chart's default (values.yaml)
 IMAGE_ENV = "AHPS_IMAGE"
 COMPONENT_NAMES = ("find_base_lr", "transfer", "train", "compare",  # the transfer pipeline
                    "sample_cells", "reeval_base_lr", "reeval_plan", "reeval_train", "rank")  # reevaluate

@@ -92,7 +92,7 @@ def test_gpu_requests_and_retries(compiled):
     assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
     assert spec["root"]["dag"]["tasks"]["find-base-lr"]["retryPolicy"]["maxRetryCount"] == 3
     for name, ex in executors.items():
-        assert ex["container"]["image"] == "ghcr.io/ahps-project/ahps:0.1.0", name
+        assert ex["container"]["image"] == "registry.example.com/ahps:0.1.0", name
         assert "pip install" not in " ".join(ex["container"]["command"]), name  # install_kfp_package=False
     env = {e["name"]: e["value"] for e in executors["exec-train"]["container"].get("env", [])}
     assert env["AHPS_DATA_CACHE"] == "/var/cache/ahps/data"
@@ -242,3 +242,32 @@ def test_parallel_for_iterations_are_named_by_their_item(compiled):
     cell = {"arch": "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
             "arch_code": "3_33_133", "arm": "autoscaled", "seed": 777}
     assert make_packs([cell], 1)[0]["label"] == "3_33_133: autoscaled x seed 777"
+
+
+def test_one_default_image_name_everywhere():
+    """The default image of components/ (what ahps compile/submit/schedule use), the CLI's help, the README's and
+    the Dockerfile's build/push lines, the Dockerfile's version label, the chart's values (repository; tag: the
+    chart's appVersion) and the package version name one image: registry.example.com/ahps:0.1.0."""
+    import re
+    import tomllib
+
+    from components import DEFAULT_IMAGE
+
+    repo, tag = DEFAULT_IMAGE.rsplit(":", 1)
+    assert (repo, tag) == ("registry.example.com/ahps", "0.1.0")
+    ref = re.compile(r"[\w.-]+(?:/[\w.-]+)*/ahps:[\w.-]+|REGISTRY/ahps\S*")
+    for name in ("README.md", "Dockerfile"):
+        found = ref.findall((REPO / name).read_text())
+        assert found, name
+        bad = [r for r in found if r.split(":")[0] != repo or not re.fullmatch(rf"{re.escape(tag)}(-cu\d+)?",
+                                                                              r.split(":", 1)[1])]
+        assert not bad, f"{name}: {bad}"
+    label = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', (REPO / "Dockerfile").read_text())
+    assert label and label.group(1) == tag
+    values = yaml.safe_load((REPO / "charts/ahps/values.yaml").read_text())
+    chart = yaml.safe_load((REPO / "charts/ahps/Chart.yaml").read_text())
+    assert values["image"]["repository"] == repo and (values["image"]["tag"] or chart["appVersion"]) == tag
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == tag
+    r = subprocess.run([*ahps_cmd(), "compile", "--help"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert f"$AHPS_IMAGE or {DEFAULT_IMAGE}" in " ".join(r.stdout.split())

@@ -35,7 +35,7 @@ DEFAULT_KFP_EXPERIMENT = "ahps"
 def _compile_options(f):
     """Compile-time options shared by compile/submit/schedule (they make a :class:`TaskSettings`)."""
     f = click.option("--image", default=None, metavar="IMAGE",
-                     help="Base image of the components (default: $AHPS_IMAGE or ghcr.io/ahps-project/ahps:0.1.0).")(f)
+                     help="Base image of the components (default: $AHPS_IMAGE or registry.example.com/ahps:0.1.0).")(f)
     f = click.option("--accelerator", default="nvidia.com/gpu", show_default=True, metavar="TYPE",
                      help="Accelerator resource the training steps request ('' for none).")(f)
     f = click.option("--gpus", type=click.IntRange(min=0), default=1, show_default=True,

@@ -47,7 +47,7 @@ def check_image(image: str | None) -> str | None:
         return None
     if len(image) > 512 or not _IMAGE.fullmatch(image):
         raise ConfigError(f"--image {image!r} is not an image reference: expected REGISTRY[:PORT]/PATH[:TAG][@DIGEST], "
-                          "e.g. ghcr.io/ahps-project/ahps:0.1.0")
+                          "e.g. registry.example.com/ahps:0.1.0")
     return image
 
 
