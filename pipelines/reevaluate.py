@@ -13,7 +13,9 @@ Steps (components, see :mod:`components.ops`; logic in :mod:`ahps_core.steps.ree
    every scheduled run is a new parent run in the same experiment). Cells without an input->output path and
    isomorphic duplicates are recorded as skipped, with their reasons.
 2. ``reeval-base-lr``: the base LR, given (``base_lr``, NB201 reference code: 0.46 with ``--lr_autoscale``) or,
-   with ``base_lr`` 0, searched on the nb201 proxy (the transfer pipeline's find-base-LR step).
+   with ``base_lr`` 0, searched on the nb201 proxy (the transfer pipeline's find-base-LR step). Two tasks of one
+   component under ``dsl.If(base_lr == 0)`` / ``dsl.Else`` joined by ``dsl.OneOf``: only the search requests
+   the GPU (and is retried); the given LR is recorded on a CPU pod.
 3. ``reeval-plan``: the LR of every cell (rule/convention) and the arch-aware init, per seed.
 4. ``reeval-train`` (ParallelFor over packs of ``pack`` cells with all their seeds: :mod:`ahps_core.steps.pack`):
    NB201's recipe (SGD 0.9 Nesterov, wd 5e-4, cosine, batch 256, crop+flip) on
@@ -34,8 +36,8 @@ protocol_status`: budget, split, seeds, amp, cell, indegree) is named -- in ever
 the parent run's description and params, and the printed summary -- so a smoke run is never mistaken for a
 re-evaluation.
 
-Cluster settings are the transfer pipeline's (:mod:`pipelines.cluster`): the training steps (``reeval-base-lr``,
-``reeval-train``) request the GPU, take tolerations/node selector from parameters, mount the dataset cache and are
+Cluster settings are the transfer pipeline's (:mod:`pipelines.cluster`): the training steps (``reeval-base-lr``
+when it searches, ``reeval-train``) request the GPU, take tolerations/node selector from parameters, mount the dataset cache and are
 retried on preemption; every step reads the S3/MLflow credentials from the named secrets.
 
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
