@@ -37,8 +37,8 @@ the parent run's description and params, and the printed summary -- so a smoke r
 re-evaluation.
 
 Cluster settings are the transfer pipeline's (:mod:`pipelines.cluster`): the training steps (``reeval-base-lr``
-when it searches, ``reeval-train``) request the GPU, take tolerations/node selector from parameters, mount the dataset cache and are
-retried on preemption; every step reads the S3/MLflow credentials from the named secrets.
+when it searches, ``reeval-train``) request the GPU, take tolerations/node selector from parameters, mount the
+dataset cache and are retried on preemption; every step reads the S3/MLflow credentials from the named secrets.
 
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
 """

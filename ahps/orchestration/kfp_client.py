@@ -203,9 +203,10 @@ def compile_to(pipeline_func, path: str | os.PathLike[str], pipeline_parameters:
     try:
         compiler.Compiler().compile(pipeline_func, str(path), pipeline_parameters=pipeline_parameters or None)
         defaults = {k: spec.default for k, spec in (pipeline_func.component_spec.inputs or {}).items()}
-        docs = integer_defaults(list(yaml.safe_load_all(path.read_text())), {**defaults, **(pipeline_parameters or {})})
+        docs = integer_defaults(list(yaml.safe_load_all(path.read_text(encoding="utf-8"))),
+                                {**defaults, **(pipeline_parameters or {})})
         header = extract_comments_from_pipeline_spec(docs[0], docs[0]["pipelineInfo"].get("description"))
-        with open(path, "w") as fh:
+        with open(path, "w", encoding="utf-8") as fh:
             fh.write(header)
             yaml.safe_dump_all(docs, fh, sort_keys=True, allow_unicode=True)
     except OSError as exc:
