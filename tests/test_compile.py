@@ -271,3 +271,30 @@ def test_one_default_image_name_everywhere():
     r = subprocess.run([*ahps_cmd(), "compile", "--help"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert f"$AHPS_IMAGE or {DEFAULT_IMAGE}" in " ".join(r.stdout.split())
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_without_targets_trains_the_familys(tmp_path, monkeypatch):
+    """The steps resolve ``targets`` [] themselves (a run started from the KFP UI skips the CLI's check): the
+    compiled YAML, run on kfp's local runner without targets, trains the family's default targets."""
+    import json
+    from pathlib import Path
+
+    from kfp import components, local
+
+    from ahps_core.steps.params import FAMILY_TARGETS
+    from ahps_core.tracking import prepare_store
+
+    text, _, _ = compile_yaml(tmp_path, name="no-targets.yaml")
+    assert "#    targets: list [Default: []]" in text
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    prepare_store(uri)
+    pipeline = components.load_component_from_file(str(tmp_path / "no-targets.yaml"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "out"))
+    task = pipeline(epochs=1, max_steps_per_epoch=2, lr_grid=[0.1, 0.3], lr_seeds=1, tracking_uri=uri,
+                    run_group="no-targets", pack=0)
+    summary = json.loads((Path(task.output.path) / "summary.json").read_text())
+    assert [r["arch"] for r in summary["rows"]] == FAMILY_TARGETS["mlp"]
