@@ -3,8 +3,8 @@
 # One image for every ahps workload: the KFP pipeline components, the scheduler (ahps submit /
 # ahps schedule) and the MLflow tracking server of the Helm chart (charts/ahps).
 #
-#   docker build -t REGISTRY/ahps:0.1.0 .
-#   docker build --build-arg CUDA_VERSION=12.8 -t REGISTRY/ahps:0.1.0-cu128 .   # nodes with driver < 580
+#   docker build -t registry.example.com/ahps:0.1.0 .   # the default image name of ahps compile/submit and the chart
+#   docker build --build-arg CUDA_VERSION=12.8 -t registry.example.com/ahps:0.1.0-cu128 .   # nodes with driver < 580
 #
 # The base is the official PyTorch runtime image, tag pattern
 # pytorch/pytorch:<torch>-cuda<major.minor>-cudnn<major>-runtime. TORCH_VERSION must equal the

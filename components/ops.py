@@ -18,6 +18,22 @@ from typing import List, NamedTuple
 
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
 
+#: Descriptions of the component inputs that are not pipeline parameters (or mean something else here), by
+#: ``component.input`` or ``input``; the others get their pipeline parameter's help
+#: (:func:`components.make_components`).
+INPUT_HELP = {
+    "job_id": "the KFP run's job id (the run group when run_group is empty)",
+    "run_group": "the run group opened by the first step (its MLflow parent run)",
+    "transfer.base_lr": "the base LR found (or given) by find-base-lr",
+    "reeval_plan.base_lr": "the base LR found (or given) by reeval-base-lr",
+    "train.pack": "one ParallelFor item: a pack of architectures with every arm x seed to train, their LR and init",
+    "reeval_train.pack": "one ParallelFor item: a pack of cells with every seed to train, their LR and init",
+    "results": "the ParallelFor's collected outputs: every training's summary",
+    "plan": "the plan artifact of the transfer step",
+    "rank.plan": "the plan artifact of reeval-plan",
+    "cells": "the sampled cells of sample-cells (with their benchmark records)",
+}
+
 # --- the transfer pipeline ---------------------------------------------------------------------------------
 
 
@@ -83,11 +99,12 @@ def transfer(
     (the training tasks); skipped targets recorded with their reason."""
     from ahps_core.steps.common import prepare_env
     from ahps_core.steps.pack import make_packs
+    from ahps_core.steps.params import family_targets
     from ahps_core.steps.transfer import plan_step
 
     prepare_env()
     items = plan_step(
-        family=family, targets=[str(t) for t in targets], seeds=list(seeds), base_lr=base_lr, fixed_lr=fixed_lr,
+        family=family, targets=family_targets(family, targets), seeds=list(seeds), base_lr=base_lr, fixed_lr=fixed_lr,
         rule=rule, convention=convention, tracking_uri=tracking_uri, experiment=mlflow_experiment,
         run_group=run_group, out_dir=plan.path,
     )

@@ -29,11 +29,12 @@ def scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def pack_outputs(pack: Any, summaries: list[Mapping[str, Any]], model: Any, metrics: Any,
                  keys: Iterable[str]) -> list[dict[str, Any]]:
-    """A pack's KFP outputs: its model artifact's metadata (architectures, trainings, reused, MLflow run ids),
+    """A pack's KFP outputs: its model artifact's metadata (label, architectures, trainings, reused, MLflow run ids),
     each run's ``keys`` as metrics named ``<arch>-<arm>-s<seed>-<key>``; returns the runs' :func:`scalars`."""
     from ahps_core.storage import slug
 
-    model.metadata.update({"archs": list(pack.get("archs", [])), "trainings": len(summaries),
+    model.metadata.update({"label": pack.get("label", ""), "archs": list(pack.get("archs", [])),
+                           "trainings": len(summaries),
                            "reused": sum(1 for s in summaries if s.get("reused")),
                            "mlflow_run_ids": [s.get("mlflow_run_id") for s in summaries]})
     for s in summaries:

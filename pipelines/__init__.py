@@ -8,7 +8,9 @@ A pipeline module (e.g. :mod:`pipelines.transfer`) only wires components (:mod:`
   ``reevaluate``'s are the cluster's (NB201's network and budget);
 * ``build(settings=None, *, base_image=None) -> pipeline``, a ``@dsl.pipeline`` graph component; the compile-time
   options (accelerator type and count, dataset PVC, cache dir, parallelism, retries) are a
-  :class:`pipelines.cluster.TaskSettings`.
+  :class:`pipelines.cluster.TaskSettings`. The pipeline function's docstring is made from ``PARAMS``
+  (:func:`param_docstring`): kfp reads its ``Args:`` section into the IR, so every parameter of the compiled YAML
+  has its help as ``description``.
 
 Each :class:`PipelineDef` also names the function that checks a parameter set (in :mod:`ahps_core.steps.params`)
 and the report printed from the pipeline's summary (in :mod:`ahps_core.reports`). Modules are imported lazily:
@@ -32,6 +34,27 @@ from ahps_core.errors import ConfigError
 class Param(NamedTuple):
     default: Any
     help: str
+    items: type | None = None  #: a list parameter's element type (for ``--param`` values) when its default is []
+
+
+def param_docstring(summary: str, params: dict[str, Param]) -> str:
+    """A Google-style docstring: ``summary``, then an ``Args:`` section with every parameter's help (one line each).
+    kfp 2.17 parses it (``docstring_parser``) into ``inputDefinitions.parameters.NAME.description``."""
+    lines = [summary.strip(), "", "Args:"]
+    for name, spec in params.items():
+        help_text = " ".join(spec.help.split())
+        if not help_text:
+            raise ValueError(f"parameter {name!r} has no help text")
+        lines.append(f"    {name}: {help_text}")
+    return "\n".join(lines) + "\n"
+
+
+def documented(summary: str, params: dict[str, Param]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator (below ``@dsl.pipeline``) giving the pipeline function its :func:`param_docstring`."""
+    def give_doc(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.__doc__ = param_docstring(summary, params)
+        return func
+    return give_doc
 
 
 def _resolve(target: str) -> Any:
@@ -87,4 +110,4 @@ def get_pipeline(name: str) -> PipelineDef:
         raise ConfigError(f"unknown pipeline {name!r}: accepted are {', '.join(PIPELINES)}") from None
 
 
-__all__ = ["PIPELINES", "Param", "PipelineDef", "get_pipeline"]
+__all__ = ["PIPELINES", "Param", "PipelineDef", "documented", "get_pipeline", "param_docstring"]

@@ -77,7 +77,8 @@ class TaskSettings:
     ``retries``: retries of the training steps after a failure/preemption (0: none) with ``backoff`` doubling by
     ``backoff_factor``; ``cpu_request``/``memory_request``: every task's requests, ``train_*``: the training
     steps'; ``step_mode``: ``$AHPS_STEP_MODE`` of the training steps (``graphs``: CUDA graphs, ``compile``:
-    torch.compile; empty: eager). The options are checked when the settings are made.
+    torch.compile; empty: eager); ``caching``: KFP's result cache for the tasks whose inputs can repeat (False:
+    every task runs; :meth:`common`). The options are checked when the settings are made.
     """
 
     accelerator: str = DEFAULT_ACCELERATOR
@@ -93,6 +94,7 @@ class TaskSettings:
     train_cpu_request: str = DEFAULT_TRAIN_REQUESTS["cpu"]
     train_memory_request: str = DEFAULT_TRAIN_REQUESTS["memory"]
     step_mode: str = ""
+    caching: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.gpus, int) or self.gpus < 0:
@@ -110,11 +112,21 @@ class TaskSettings:
                 raise ConfigError(f"{name} {getattr(self, name)!r} must be a Kubernetes memory quantity, e.g. 4Gi")
 
     def common(self, task, s3_secret, mlflow_secret):
-        """What every task gets: the credentials (:meth:`with_secrets`) and its CPU/memory requests (a training
-        step's are raised by :meth:`training`)."""
+        """What every task gets: the credentials (:meth:`with_secrets`), its CPU/memory requests (a training
+        step's are raised by :meth:`training`) and its caching, stated: on (``caching``) -- a task hits KFP's cache
+        when a run repeats its inputs, i.e. the same explicit ``run_group`` and parameters (with ``run_group``
+        empty the group is the KFP run id, so nothing downstream of it can hit) -- or off. The steps that open
+        the run group take the job id and are never cached (:meth:`uncached`)."""
         self.with_secrets(task, s3_secret, mlflow_secret)
         task.set_cpu_request(self.cpu_request).set_memory_request(self.memory_request)
+        task.set_caching_options(self.caching)
         return task
+
+    @staticmethod
+    def uncached(task):
+        """Caching off: the task's inputs include the KFP job id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), so a cache
+        key never repeats; and a hit would skip opening the run group's MLflow parent run."""
+        return task.set_caching_options(False)
 
     def with_secrets(self, task, s3_secret, mlflow_secret):
         """What every task of a pipeline gets on a cluster: S3 and MLflow credentials as env vars from the
@@ -173,11 +185,14 @@ def secure(task):
                                            run_as_non_root=True)
 
 
-def pipeline_context(settings: TaskSettings | None, base_image: str | None) -> tuple[SimpleNamespace, TaskSettings]:
-    """``(components on base_image, settings)`` for a pipeline's ``build`` (default settings when None)."""
+def pipeline_context(settings: TaskSettings | None, base_image: str | None,
+                     params: dict[str, Param] | None = None) -> tuple[SimpleNamespace, TaskSettings]:
+    """``(components on base_image, settings)`` for a pipeline's ``build`` (default settings when None); the
+    components' inputs are described by the pipeline's ``params`` help."""
     from components import make_components
 
-    return make_components(base_image), settings or TaskSettings()
+    helps = {name: p.help for name, p in (params or {}).items()}
+    return make_components(base_image, helps), settings or TaskSettings()
 
 
 __all__ = ["CACHE_VOLUME", "DEFAULT_ACCELERATOR", "DEFAULT_CACHE_DIR", "DEFAULT_REQUESTS", "DEFAULT_TOLERATIONS",

@@ -13,7 +13,9 @@ Steps (components, see :mod:`components.ops`; logic in :mod:`ahps_core.steps.ree
    every scheduled run is a new parent run in the same experiment). Cells without an input->output path and
    isomorphic duplicates are recorded as skipped, with their reasons.
 2. ``reeval-base-lr``: the base LR, given (``base_lr``, NB201 reference code: 0.46 with ``--lr_autoscale``) or,
-   with ``base_lr`` 0, searched on the nb201 proxy (the transfer pipeline's find-base-LR step).
+   with ``base_lr`` 0, searched on the nb201 proxy (the transfer pipeline's find-base-LR step). Two tasks of one
+   component under ``dsl.If(base_lr == 0)`` / ``dsl.Else`` joined by ``dsl.OneOf``: only the search requests
+   the GPU (and is retried); the given LR is recorded on a CPU pod.
 3. ``reeval-plan``: the LR of every cell (rule/convention) and the arch-aware init, per seed.
 4. ``reeval-train`` (ParallelFor over packs of ``pack`` cells with all their seeds: :mod:`ahps_core.steps.pack`):
    NB201's recipe (SGD 0.9 Nesterov, wd 5e-4, cosine, batch 256, crop+flip) on
@@ -34,15 +36,15 @@ protocol_status`: budget, split, seeds, amp, cell, indegree) is named -- in ever
 the parent run's description and params, and the printed summary -- so a smoke run is never mistaken for a
 re-evaluation.
 
-Cluster settings are the transfer pipeline's (:mod:`pipelines.cluster`): the training steps (``reeval-base-lr``,
-``reeval-train``) request the GPU, take tolerations/node selector from parameters, mount the dataset cache and are
-retried on preemption; every step reads the S3/MLflow credentials from the named secrets.
+Cluster settings are the transfer pipeline's (:mod:`pipelines.cluster`): the training steps (``reeval-base-lr``
+when it searches, ``reeval-train``) request the GPU, take tolerations/node selector from parameters, mount the
+dataset cache and are retried on preemption; every step reads the S3/MLflow credentials from the named secrets.
 
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
 """
 
 from ahps_core.protocol import nb201_protocol
-from pipelines import Param
+from pipelines import Param, documented
 from pipelines.cluster import TaskSettings, cluster_params, pipeline_context
 
 NAME = "reevaluate"
@@ -109,10 +111,11 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     :func:`pipelines.transfer.build`)."""
     from kfp import dsl
 
-    c, settings = pipeline_context(settings, base_image)
+    c, settings = pipeline_context(settings, base_image, PARAMS)
     with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    @documented(DESCRIPTION, PARAMS)  # kfp reads the Args: section: every parameter's help is its description
     def reevaluate(
         family: str = D["family"],
         benchmark: str = D["benchmark"],
@@ -163,17 +166,27 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
             s3_endpoint=s3_endpoint, split_file=split_file, amp=amp, cell=cell, indegree=indegree,
         )
         settings.cache(with_secrets(sampled, s3_secret, mlflow_secret))  # the benchmark is cached like data
+        settings.uncached(sampled)  # takes the job id (opens the run group): a cache hit is impossible
         group = sampled.outputs["run_group"]
 
-        lr = c.reeval_base_lr(
-            dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr,
-            lr_grid=lr_grid, lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri,
-            mlflow_experiment=mlflow_experiment, run_group=group, s3_endpoint=s3_endpoint, split_file=split_file,
-        )
-        training_task(with_secrets(lr, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+        def base_lr_task(display_name: str):
+            task = c.reeval_base_lr(
+                dataset=dataset, data_source=data_source, checksums_file=checksums_file, base_lr=base_lr,
+                lr_grid=lr_grid, lr_seeds=lr_seeds, C=C, N=N, tracking_uri=tracking_uri,
+                mlflow_experiment=mlflow_experiment, run_group=group, s3_endpoint=s3_endpoint, split_file=split_file,
+            )
+            return with_secrets(task, s3_secret, mlflow_secret).set_display_name(display_name)
+
+        # GPU only where the LR search trains: base_lr 0 searches (GPU, placement, retries); a given base LR is
+        # recorded by the same step on a CPU pod.
+        with dsl.If(base_lr == 0.0, name="search-base-lr"):
+            searched = training_task(base_lr_task("reeval-base-lr (search)"), gpu_tolerations, gpu_node_selector)
+        with dsl.Else(name="given-base-lr"):
+            given = base_lr_task("reeval-base-lr (given)")
+        found_lr = dsl.OneOf(searched.outputs["base_lr"], given.outputs["base_lr"])
 
         plan = c.reeval_plan(
-            cells=sampled.outputs["cells"], seeds=seeds, base_lr=lr.outputs["base_lr"], rule=rule,
+            cells=sampled.outputs["cells"], seeds=seeds, base_lr=found_lr, rule=rule,
             convention=convention, N=N, pack=pack, tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment,
             run_group=group,
         )
@@ -190,6 +203,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
                 indegree=indegree,
             )
             training_task(with_secrets(trained, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+            trained.set_display_name("reeval-train pack")  # static in kfp 2.17: the item's "label" names the pack
 
         ranked = c.rank(
             results=dsl.Collected(trained.outputs["Output"]), cells=sampled.outputs["cells"],

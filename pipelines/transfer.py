@@ -20,7 +20,8 @@ Credential *values* are never parameters: only secret names are. The parameters'
 (No ``from __future__ import annotations`` here: kfp reads the pipeline function's annotations as types.)
 """
 
-from pipelines import Param
+from ahps_core.steps.params import FAMILY_TARGETS
+from pipelines import Param, documented
 from pipelines.cluster import TaskSettings, cluster_params, pipeline_context
 
 NAME = "transfer"
@@ -28,9 +29,10 @@ PIPELINE_NAME = "ahps-transfer"
 DESCRIPTION = ("Architecture-aware LR transfer: base LR once on a one-hidden-layer proxy, LR ∝ (Σ_p L_p³)^(-1/2) "
                "for every target, autoscaled vs fixed recipe side by side, tracked in MLflow.")
 
-#: Default targets: mlp DAGs (reference DAG codes) of different depths and topologies: a 2-layer chain, two
-#: parallel paths, a 3-layer chain, a 3-layer cell with skips, and a dense 4-layer DAG (8 paths).
-DEFAULT_TARGETS = ["2_02", "2_22", "2_02_002", "2_12_122", "2_22_222_2222"]
+#: The default family's (mlp) default targets: ``targets`` empty means the family's
+#: (:data:`ahps_core.steps.params.FAMILY_TARGETS`), resolved by the parameter check and again by the steps (a run
+#: started from the KFP UI with another family gets that family's).
+DEFAULT_TARGETS = list(FAMILY_TARGETS["mlp"])
 
 PARAMS: dict[str, Param] = {
     "family": Param("mlp", "architecture family: mlp, cnn or nb201"),
@@ -39,7 +41,9 @@ PARAMS: dict[str, Param] = {
     "split_file": Param("", "NB201's split file of the dataset (cifar10-valid: cifar-split.txt, cifar100: "
                             "cifar100-test-split.txt, ImageNet16-120: imagenet-16-120-test-split.txt), a path or "
                             "s3://bucket/key; empty: a seeded half of the set (not NB201's)"),
-    "targets": Param(DEFAULT_TARGETS, "target architectures (specs of the family), e.g. [\"2_02\",\"2_22\"]"),
+    "targets": Param([], "target architectures (specs of the family), e.g. [\"2_02\",\"2_22\"]; empty: the "
+                         "family's defaults: " + "; ".join(f"{f} {', '.join(t)}" for f, t in FAMILY_TARGETS.items()),
+                     items=str),
     "seeds": Param([0], "training seeds of every target and recipe"),
     "epochs": Param(20, "training epochs of every target"),
     "rule": Param("sum-cubed", "transfer rule: sum-cubed (Chen et al.) or effective-depth (Wu et al.)"),
@@ -70,10 +74,11 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
     parallelism, retries)."""
     from kfp import dsl
 
-    c, settings = pipeline_context(settings, base_image)
+    c, settings = pipeline_context(settings, base_image, PARAMS)
     with_secrets, training_task = settings.common, settings.training  # common: credentials and requests
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    @documented(DESCRIPTION, PARAMS)  # kfp reads the Args: section: every parameter's help is its description
     def transfer(
         family: str = D["family"],
         dataset: str = D["dataset"],
@@ -112,6 +117,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, s3_endpoint=s3_endpoint, split_file=split_file,
         )
         training_task(with_secrets(search, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+        settings.uncached(search)  # takes the job id (opens the run group): a cache hit is impossible
         group = search.outputs["run_group"]
 
         plan = c.transfer(
@@ -132,6 +138,7 @@ def build(settings: TaskSettings | None = None, *, base_image: str | None = None
                 checkpoint_root=checkpoint_root, s3_endpoint=s3_endpoint, split_file=split_file,
             )
             training_task(with_secrets(trained, s3_secret, mlflow_secret), gpu_tolerations, gpu_node_selector)
+            trained.set_display_name("train pack")  # static in kfp 2.17: the item's "label" names the pack
 
         compared = c.compare(
             results=dsl.Collected(trained.outputs["Output"]), plan=plan.outputs["plan"], family=family,

@@ -6,7 +6,8 @@ as ``kfp_server_api`` expects):
 
 * ``GET  /apis/v2beta1/healthz``
 * ``GET  /apis/v2beta1/experiments?filter=...`` / ``POST /apis/v2beta1/experiments``
-* ``POST /apis/v2beta1/runs``
+* ``POST /apis/v2beta1/runs``, ``GET /apis/v2beta1/runs/{id}`` (each GET moves the run one step along
+  ``run_states``, e.g. ``["RUNNING", "SUCCEEDED"]``, and stays at the last)
 * ``GET  /apis/v2beta1/pipelines?filter=...``, ``POST /apis/v2beta1/pipelines/upload`` (multipart),
   ``POST /apis/v2beta1/pipelines/upload_version``, ``GET /apis/v2beta1/pipelines/{id}/versions?filter=...``
 * ``GET  /apis/v2beta1/recurringruns?filter=...`` / ``POST /apis/v2beta1/recurringruns`` /
@@ -81,8 +82,10 @@ def _multipart_files(content_type: str, body: bytes) -> dict[str, bytes]:
 class FakeKFP:
     """The fake server (see the module docstring); a context manager that starts and stops it."""
 
-    def __init__(self, *, multi_user: bool = False, token: str | None = None) -> None:
+    def __init__(self, *, multi_user: bool = False, token: str | None = None,
+                 run_states: tuple[str, ...] = ("RUNNING", "SUCCEEDED")) -> None:
         self.multi_user = multi_user
+        self.run_states = run_states
         self.token = token  # when set, requests without "Authorization: Bearer <token>" get 401
         self.requests: list[dict[str, Any]] = []
         self.experiments: list[dict[str, Any]] = []
@@ -186,6 +189,15 @@ class FakeKFP:
             run = {**body, "run_id": str(uuid.uuid4()), "created_at": _now(), "state": "PENDING"}
             self.runs.append(run)
             return 200, run
+        if rest.startswith("/runs/") and method == "GET":
+            rid = rest[len("/runs/"):]
+            for run in self.runs:
+                if run["run_id"] == rid:
+                    polls = run.setdefault("_polls", 0)
+                    run["_polls"] += 1
+                    run["state"] = self.run_states[min(polls, len(self.run_states) - 1)]
+                    return 200, {k: v for k, v in run.items() if not k.startswith("_")}
+            return 404, {"error": f"run {rid} not found", "code": 5}
         if rest == "/pipelines" and method == "GET":
             found = [p for p in self.pipelines if _matches(p, query.get("filter"))]
             return 200, ({"pipelines": found, "total_size": len(found)} if found else {})

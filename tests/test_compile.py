@@ -92,7 +92,7 @@ def test_gpu_requests_and_retries(compiled):
     assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
     assert spec["root"]["dag"]["tasks"]["find-base-lr"]["retryPolicy"]["maxRetryCount"] == 3
     for name, ex in executors.items():
-        assert ex["container"]["image"] == "ghcr.io/ahps-project/ahps:0.1.0", name
+        assert ex["container"]["image"] == "registry.example.com/ahps:0.1.0", name
         assert "pip install" not in " ".join(ex["container"]["command"]), name  # install_kfp_package=False
     env = {e["name"]: e["value"] for e in executors["exec-train"]["container"].get("env", [])}
     assert env["AHPS_DATA_CACHE"] == "/var/cache/ahps/data"
@@ -162,3 +162,139 @@ def test_bad_compile_parameter_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "error: unknown family 'resnet': accepted are mlp, cnn, nb201"]
     assert not (tmp_path / "x.yaml").exists()
+
+
+# --- kfp conventions: descriptions, integer defaults ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_reevaluate(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile-re") / "r.yaml"
+    r = subprocess.run([*ahps_cmd(), "compile", "reevaluate", "-o", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return out.read_text(), list(yaml.safe_load_all(out.read_text())), r
+
+
+@pytest.mark.parametrize("which", ["transfer", "reevaluate"])
+def test_every_parameter_and_component_input_has_a_description(which, compiled, compiled_reevaluate):
+    """kfp reads the pipeline function's docstring ``Args:`` into the IR: every root parameter carries its help
+    from PARAMS, and every component's inputs (parameters and artifacts) a description too."""
+    import importlib
+
+    params = importlib.import_module(f"pipelines.{which}").PARAMS
+    _, (spec, _), _ = compiled if which == "transfer" else compiled_reevaluate
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == set(params)
+    missing = [n for n, p in inputs.items() if not str(p.get("description", "")).strip()]
+    assert not missing, f"root parameters without a description: {missing}"
+    assert {n: p["description"] for n, p in inputs.items()} == {n: " ".join(p.help.split()) for n, p in params.items()}
+    undescribed = [f"{c}.{n}" for c, comp in spec["components"].items() if "executorLabel" in comp
+                   for kind in ("parameters", "artifacts")
+                   for n, p in comp.get("inputDefinitions", {}).get(kind, {}).items() if not p.get("description")]
+    assert not undescribed, f"component inputs without a description: {undescribed}"
+
+
+@pytest.mark.parametrize("which", ["transfer", "reevaluate"])
+def test_integer_defaults_compile_as_integers(which, compiled, compiled_reevaluate):
+    """kfp 2.17 writes every number as a double (``20.0``, ``seeds: [0.0]``); the YAML ahps writes has the
+    pipeline function's defaults: integers (and lists of integers) as integers, floats as floats -- in the spec
+    and in kfp's header comment."""
+    text, (spec, _), _ = compiled if which == "transfer" else compiled_reevaluate
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    ints = {n: p["defaultValue"] for n, p in inputs.items() if p["parameterType"] == "NUMBER_INTEGER"}
+    assert ints and all(type(v) is int for v in ints.values()), ints
+    for name, p in inputs.items():
+        if p["parameterType"] == "NUMBER_DOUBLE":
+            assert type(p["defaultValue"]) is float, name
+    assert all(type(s) is int for s in inputs["seeds"]["defaultValue"]), inputs["seeds"]
+    if which == "transfer":
+        assert (ints["epochs"], inputs["seeds"]["defaultValue"], inputs["base_lr"]["defaultValue"]) == (20, [0], 0.0)
+        assert "#    epochs: int [Default: 20]" in text and "#    seeds: list [Default: [0]]" in text
+    else:
+        assert inputs["seeds"]["defaultValue"] == [777, 888, 999] and ints["C"] == 16
+        assert all(type(k) is int for k in inputs["topk"]["defaultValue"])
+
+
+def test_integer_defaults_given_at_compile_time_stay_integers(tmp_path):
+    _, (spec, _), _ = compile_yaml(tmp_path, "-p", "seeds=[3,4]", "-p", "epochs=5", "-p", "lr_grid=[0.1,1.0]")
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["seeds"]["defaultValue"] == [3, 4] and all(type(s) is int for s in inputs["seeds"]["defaultValue"])
+    assert type(inputs["epochs"]["defaultValue"]) is int
+    assert [type(x) for x in inputs["lr_grid"]["defaultValue"]] == [float, float]  # floats stay floats (1.0)
+
+
+def test_parallel_for_iterations_are_named_by_their_item(compiled):
+    """kfp 2.17 takes only a static display name (``set_display_name`` assigns a string to the IR's
+    ``taskInfo.name``; a loop item there is not resolved, kubeflow/pipelines#8564, #14008): the task says what it
+    runs ("train pack") and every item -- shown as the iteration's ``pack`` input -- and its model artifact carry a
+    ``label`` naming the pack's architectures, arms and seeds."""
+    from ahps_core.steps.pack import make_packs
+
+    _, (spec, _), _ = compiled
+    assert spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["taskInfo"]["name"] == "train pack"
+    items = [{"arch": a, "arm": arm, "seed": s} for a in ("2_02", "2_22") for arm in ("autoscaled", "fixed")
+             for s in (0, 1)]
+    assert [p["label"] for p in make_packs(items, 1)] == ["2_02: autoscaled, fixed x seeds 0, 1",
+                                                           "2_22: autoscaled, fixed x seeds 0, 1"]
+    assert make_packs(items, 2)[0]["label"] == ("2_02: autoscaled, fixed x seeds 0, 1; "
+                                                "2_22: autoscaled, fixed x seeds 0, 1")
+    cell = {"arch": "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+            "arch_code": "3_33_133", "arm": "autoscaled", "seed": 777}
+    assert make_packs([cell], 1)[0]["label"] == "3_33_133: autoscaled x seed 777"
+
+
+def test_one_default_image_name_everywhere():
+    """The default image of components/ (what ahps compile/submit/schedule use), the CLI's help, the README's and
+    the Dockerfile's build/push lines, the Dockerfile's version label, the chart's values (repository; tag: the
+    chart's appVersion) and the package version name one image: registry.example.com/ahps:0.1.0."""
+    import re
+    import tomllib
+
+    from components import DEFAULT_IMAGE
+
+    repo, tag = DEFAULT_IMAGE.rsplit(":", 1)
+    assert (repo, tag) == ("registry.example.com/ahps", "0.1.0")
+    ref = re.compile(r"[\w.-]+(?:/[\w.-]+)*/ahps:[\w.-]+|REGISTRY/ahps\S*")
+    for name in ("README.md", "Dockerfile"):
+        found = ref.findall((REPO / name).read_text())
+        assert found, name
+        bad = [r for r in found if r.split(":")[0] != repo or not re.fullmatch(rf"{re.escape(tag)}(-cu\d+)?",
+                                                                              r.split(":", 1)[1])]
+        assert not bad, f"{name}: {bad}"
+    label = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', (REPO / "Dockerfile").read_text())
+    assert label and label.group(1) == tag
+    values = yaml.safe_load((REPO / "charts/ahps/values.yaml").read_text())
+    chart = yaml.safe_load((REPO / "charts/ahps/Chart.yaml").read_text())
+    assert values["image"]["repository"] == repo and (values["image"]["tag"] or chart["appVersion"]) == tag
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == tag
+    r = subprocess.run([*ahps_cmd(), "compile", "--help"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert f"$AHPS_IMAGE or {DEFAULT_IMAGE}" in " ".join(r.stdout.split())
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_without_targets_trains_the_familys(tmp_path, monkeypatch):
+    """The steps resolve ``targets`` [] themselves (a run started from the KFP UI skips the CLI's check): the
+    compiled YAML, run on kfp's local runner without targets, trains the family's default targets."""
+    import json
+    from pathlib import Path
+
+    from kfp import components, local
+
+    from ahps_core.steps.params import FAMILY_TARGETS
+    from ahps_core.tracking import prepare_store
+
+    text, _, _ = compile_yaml(tmp_path, name="no-targets.yaml")
+    assert "#    targets: list [Default: []]" in text
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    prepare_store(uri)
+    pipeline = components.load_component_from_file(str(tmp_path / "no-targets.yaml"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "out"))
+    task = pipeline(epochs=1, max_steps_per_epoch=2, lr_grid=[0.1, 0.3], lr_seeds=1, tracking_uri=uri,
+                    run_group="no-targets", pack=0)
+    summary = json.loads((Path(task.output.path) / "summary.json").read_text())
+    assert [r["arch"] for r in summary["rows"]] == FAMILY_TARGETS["mlp"]

@@ -86,7 +86,7 @@ def test_validation_messages():
     (["-p", "family=resnet"], "error: unknown family 'resnet': accepted are mlp, cnn, nb201"),
     (["-p", "dataset=mnist"], "error: unknown dataset 'mnist': accepted are digits, cifar10, cifar10-valid, "
                               "cifar100, ImageNet16-120"),
-    (["-p", "targets=[]"], "error: the target list is empty"),
+    (["-p", 'targets=[""]'], "error: targets [''] must be non-empty architecture spec strings"),
     (["-p", "epochs=2", "-p", "lr=0.1"], "error: unknown parameter lr for pipeline 'transfer': accepted are"),
     (["nope"], "error: unknown pipeline 'nope': accepted are transfer"),
 ])

@@ -213,11 +213,11 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
     text, (spec, platform) = compiled
     assert spec["pipelineInfo"]["name"] == "ahps-reevaluate"
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"sample-cells", "reeval-base-lr", "reeval-plan", "for-loop-1", "rank"}
-    loop = tasks["for-loop-1"]
+    assert set(tasks) == {"sample-cells", "condition-branches-1", "reeval-plan", "for-loop-4", "rank"}
+    loop = tasks["for-loop-4"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--reeval-plan-Output"
-    assert set(spec["components"]["comp-for-loop-1"]["dag"]["tasks"]) == {"reeval-train"}
-    assert tasks["rank"]["inputs"]["parameters"]["results"]["taskOutputParameter"]["producerTask"] == "for-loop-1"
+    assert set(spec["components"]["comp-for-loop-4"]["dag"]["tasks"]) == {"reeval-train"}
+    assert tasks["rank"]["inputs"]["parameters"]["results"]["taskOutputParameter"]["producerTask"] == "for-loop-4"
     from pipelines.reevaluate import PARAMS
 
     inputs = spec["root"]["inputDefinitions"]["parameters"]
@@ -228,16 +228,28 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
     assert inputs["split_file"]["defaultValue"] == "" and inputs["split_file"]["parameterType"] == "STRING"
 
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-reeval-train", "exec-reeval-base-lr"):
+    for name in ("exec-reeval-train", "exec-reeval-base-lr"):  # the trainings: the cells', the LR search's
         acc = executors[name]["container"]["resources"]["accelerator"]
         assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
-    for name in ("exec-sample-cells", "exec-reeval-plan", "exec-rank"):  # CPU/memory requests, no GPU
+    # the given base LR (base_lr > 0, NB201's 0.46 by default) is recorded on a CPU pod
+    for name in ("exec-sample-cells", "exec-reeval-base-lr-2", "exec-reeval-plan", "exec-rank"):
         res = executors[name]["container"]["resources"]
         assert "accelerator" not in res and res["resourceCpuRequest"] == "500m"
     assert executors["exec-reeval-train"]["container"]["resources"]["resourceMemoryRequest"] == "16Gi"
-    policy = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["reeval-train"]["retryPolicy"]
+    policy = spec["components"]["comp-for-loop-4"]["dag"]["tasks"]["reeval-train"]["retryPolicy"]
     assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "60s" and policy["backoffFactor"] == 2.0
-    assert tasks["reeval-base-lr"]["retryPolicy"]["maxRetryCount"] == 3
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    assert branches["condition-2"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--base_lr'] == 0.0"
+    assert branches["condition-3"]["triggerPolicy"]["condition"] == \
+        "!(inputs.parameter_values['pipelinechannel--base_lr'] == 0.0)"
+    search = spec["components"]["comp-condition-2"]["dag"]["tasks"]["reeval-base-lr"]
+    given = spec["components"]["comp-condition-3"]["dag"]["tasks"]["reeval-base-lr-2"]
+    assert search["retryPolicy"]["maxRetryCount"] == 3 and "retryPolicy" not in given
+    assert (search["taskInfo"]["name"], given["taskInfo"]["name"]) == ("reeval-base-lr (search)",
+                                                                       "reeval-base-lr (given)")
+    assert tasks["reeval-plan"]["inputs"]["parameters"]["base_lr"]["taskOutputParameter"]["producerTask"] == \
+        "condition-branches-1"  # dsl.OneOf of the two branches
 
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     train = k8s["exec-reeval-train"]
@@ -246,7 +258,7 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
         "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}}
     assert train["emptyDirMounts"] == [{"mountPath": "/var/cache/ahps/data", "volumeName": "ahps-data-cache"}]
     assert k8s["exec-reeval-base-lr"]["tolerations"][0]["tolerationJson"]["componentInputParameter"] == \
-        "gpu_tolerations"
+        "pipelinechannel--gpu_tolerations"
     for name, ex in k8s.items():  # every step talks to MLflow (and S3): credentials from the named secrets
         secrets = {s["secretNameParameter"]["componentInputParameter"].split("--")[-1]: s for s in ex["secretAsEnv"]}
         assert set(secrets) == {"s3_secret", "mlflow_secret"}, name
@@ -254,7 +266,7 @@ def test_compiled_yaml_has_the_cluster_settings(compiled):
         assert {k["envVar"] for k in secrets["s3_secret"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         assert {k["envVar"] for k in secrets["mlflow_secret"]["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME",
                                                                               "MLFLOW_TRACKING_PASSWORD"}
-    for name in ("exec-sample-cells", "exec-reeval-plan", "exec-rank"):
+    for name in ("exec-sample-cells", "exec-reeval-base-lr-2", "exec-reeval-plan", "exec-rank"):
         assert "tolerations" not in k8s[name] and "nodeSelector" not in k8s[name]
     for value in FAKE_CREDS.values():
         assert value not in text
@@ -285,10 +297,12 @@ def test_compiled_defaults_are_the_nb201_protocol(compiled):
             assert constants[field.name] == value, field.name
     assert inputs["amp"] == "off" and inputs["cell"] == "full" and inputs["indegree"] == "all"
     assert inputs["seeds"] == [777, 888, 999] and inputs["batch_size"] == 256
-    for name in ("sample-cells", "reeval-base-lr"):
-        task = spec["root"]["dag"]["tasks"][name]
-        assert task["inputs"]["parameters"]["split_file"] == {"componentInputParameter": "split_file"}, name
-    train = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["reeval-train"]
+    task = spec["root"]["dag"]["tasks"]["sample-cells"]
+    assert task["inputs"]["parameters"]["split_file"] == {"componentInputParameter": "split_file"}
+    for comp, name in (("comp-condition-2", "reeval-base-lr"), ("comp-condition-3", "reeval-base-lr-2")):
+        task = spec["components"][comp]["dag"]["tasks"][name]
+        assert task["inputs"]["parameters"]["split_file"] == {"componentInputParameter": "pipelinechannel--split_file"}
+    train = spec["components"]["comp-for-loop-4"]["dag"]["tasks"]["reeval-train"]
     assert train["inputs"]["parameters"]["split_file"] == {"componentInputParameter": "pipelinechannel--split_file"}
     for dataset in ("cifar10-valid", "cifar100", "ImageNet16-120"):
         other = nb201_protocol(dataset)

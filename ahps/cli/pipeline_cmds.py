@@ -35,7 +35,7 @@ DEFAULT_KFP_EXPERIMENT = "ahps"
 def _compile_options(f):
     """Compile-time options shared by compile/submit/schedule (they make a :class:`TaskSettings`)."""
     f = click.option("--image", default=None, metavar="IMAGE",
-                     help="Base image of the components (default: $AHPS_IMAGE or ghcr.io/ahps-project/ahps:0.1.0).")(f)
+                     help="Base image of the components (default: $AHPS_IMAGE or registry.example.com/ahps:0.1.0).")(f)
     f = click.option("--accelerator", default="nvidia.com/gpu", show_default=True, metavar="TYPE",
                      help="Accelerator resource the training steps request ('' for none).")(f)
     f = click.option("--gpus", type=click.IntRange(min=0), default=1, show_default=True,
@@ -51,16 +51,19 @@ def _compile_options(f):
     f = click.option("--step-mode", type=click.Choice(["", "eager", "graphs", "compile"]), default="",
                      help="Training step on the GPU: graphs (CUDA graphs), compile (torch.compile), eager; "
                           "default: the image's (eager).")(f)
+    f = click.option("--no-cache", is_flag=True,
+                     help="Turn KFP's result cache off for every task (default: on for the tasks whose inputs can "
+                          "repeat; find-base-lr and sample-cells take the job id and are never cached).")(f)
     return f
 
 
 def _settings(accelerator: str, gpus: int, dataset_pvc: str, cache_dir: str | None, parallelism: int, retries: int,
-              step_mode: str = ""):
+              step_mode: str = "", no_cache: bool = False):
     from pipelines.cluster import DEFAULT_CACHE_DIR, TaskSettings
 
     return TaskSettings(accelerator=accelerator, gpus=gpus, dataset_pvc=dataset_pvc, parallelism=parallelism,
                         retries=retries, cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir,
-                        step_mode=step_mode)
+                        step_mode=step_mode, caching=not no_cache)
 
 
 # --- ahps run ---------------------------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def _report_journal(files: list[Path], uri: str, run_group: str) -> None:
 @_params_dir_option
 @_compile_options
 def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], params_dir: str | None, image,
-                accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode) -> None:
+                accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode, no_cache) -> None:
     """Compile PIPELINE to Kubeflow Pipelines IR YAML."""
     from ahps.orchestration.kfp_client import build, check_image, compile_to
     from ahps.orchestration.params import check_no_credentials, pipeline_and_params, validated
@@ -172,7 +175,7 @@ def compile_cmd(pipeline: str, output: str | None, params: tuple[str, ...], para
     checked = validated(pipe, given, local=False, require_tracking=False)
     defaults = {k: checked[k] for k in given if k != "tracking_uri"} | (
         {"tracking_uri": given["tracking_uri"]} if "tracking_uri" in given else {})
-    settings = _settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode)
+    settings = _settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode, no_cache)
     path = compile_to(build(pipe, settings, image), output or f"ahps-{pipe.name}.yaml", defaults)
     click.echo(f"wrote {path} (pipeline {pipe.name!r}, image {make_components(image).image}, "
                f"accelerator {accelerator or 'none'} x{gpus if accelerator else 0})")
@@ -196,21 +199,56 @@ def _kfp_options(f):
 @click.argument("pipeline", default="transfer")
 @_kfp_options
 @click.option("--run-name", default=None, metavar="NAME", help="Display name of the run (default: PIPELINE + time).")
+@click.option("--pipeline-root", default=None, metavar="URI",
+              help="Artifact root of the run, e.g. s3://bucket/ahps (default: the KFP installation's).")
+@click.option("--service-account", default=None, metavar="NAME",
+              help="Kubernetes ServiceAccount of the run's pods (default: KFP's, e.g. pipeline-runner).")
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit 0 only if it SUCCEEDED.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="With --wait: give up waiting after this long (0: no limit); the run goes on.")
+@click.option("--poll-seconds", type=click.FloatRange(min=0.01), default=15.0, show_default=True, hidden=True)
+@click.option("--dry-run", is_flag=True,
+              help="Check the parameters, compile, and print what would be submitted (JSON); no network.")
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="With --dry-run: keep the compiled package here.")
 @_compile_options
 def submit_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...],
-               params_dir: str | None, run_name: str | None, image, accelerator, gpus, dataset_pvc, cache_dir,
-               parallelism, retries, step_mode) -> None:
-    """Submit a run of PIPELINE to a Kubeflow Pipelines host."""
-    from ahps.orchestration.kfp_client import submit
-    from ahps.orchestration.params import pipeline_and_params
+               params_dir: str | None, run_name: str | None, pipeline_root: str | None, service_account: str | None,
+               wait: bool, timeout: float, poll_seconds: float, dry_run: bool, output: str | None, image, accelerator,
+               gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode, no_cache) -> None:
+    """Submit a run of PIPELINE to a Kubeflow Pipelines host.
 
+    --no-cache compiles every task with caching off and passes enable_caching=False to kfp's client (which on
+    its own changes only the pipeline's top-level tasks, not those inside the ParallelFor or a condition).
+    """
+    from ahps.orchestration.kfp_client import RunOptions, dry_run as plan, submit
+    from ahps.orchestration.params import pipeline_and_params
+    from ahps_core.errors import ConfigError
+
+    if output and not dry_run:
+        raise ConfigError("--output applies to --dry-run (a submitted package is sent, not kept); use ahps compile")
     pipe, given = pipeline_and_params(pipeline, params, params_dir)
+    options = RunOptions(pipeline_root=pipeline_root, service_account=service_account,
+                         enable_caching=False if no_cache else None)
+    settings = _settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode, no_cache)
+    if dry_run:
+        would = plan(pipe, given, host=host, experiment=experiment, namespace=namespace, run_name=run_name,
+                     settings=settings, image=image, options=options, output=output)
+        click.echo(json.dumps({"dry_run": True, **would}, indent=1))
+        return
+    def submitted(run) -> None:
+        click.echo(f"submitted run {run.run_id} ({run.run_name!r}) of pipeline {pipe.name!r} to {run.host}, "
+                   f"experiment {experiment!r}")
+        click.echo(f"run details: {run.host}/#/runs/details/{run.run_id}")
+
     run = submit(pipe, given, host=host, experiment=experiment, namespace=namespace, run_name=run_name,
-                 settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode),
-                 image=image)
-    click.echo(f"submitted run {run.run_id} ({run.run_name!r}) of pipeline {pipe.name!r} to {run.host}, experiment "
-               f"{experiment!r}")
-    click.echo(f"run details: {run.host}/#/runs/details/{run.run_id}")
+                 settings=settings, image=image, options=options, wait=timeout if wait else None,
+                 poll_s=poll_seconds, on_submitted=submitted,
+                 on_state=lambda state: click.echo(f"run state: {state}", err=True))
+    if run.state is not None:
+        click.echo(f"run {run.run_id} ended {run.state}")
+        if run.state != "SUCCEEDED":
+            raise click.exceptions.Exit(1)
 
 
 @click.command("schedule")
@@ -228,7 +266,7 @@ def submit_cmd(pipeline: str, host: str, experiment: str, namespace: str | None,
 def schedule_cmd(pipeline: str, host: str, experiment: str, namespace: str | None, params: tuple[str, ...],
                  params_dir: str | None, cron: str, name: str | None, replace: bool, max_concurrency: int,
                  catchup: bool, image, accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries,
-                 step_mode) -> None:
+                 step_mode, no_cache) -> None:
     """Create a recurring run of PIPELINE on a Kubeflow Pipelines host (idempotent by --name)."""
     from ahps.orchestration.cron import kfp_cron
     from ahps.orchestration.kfp_client import schedule
@@ -238,8 +276,8 @@ def schedule_cmd(pipeline: str, host: str, experiment: str, namespace: str | Non
     pipe, given = pipeline_and_params(pipeline, params, params_dir)
     job = schedule(pipe, given, host=host, experiment=experiment, namespace=namespace, cron=cron6,
                    name=name or f"ahps-{pipe.name}", replace=replace, max_concurrency=max_concurrency, catchup=catchup,
-                   settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode),
-                 image=image)
+                   settings=_settings(accelerator, gpus, dataset_pvc, cache_dir, parallelism, retries, step_mode,
+                                      no_cache), image=image)
     if job.action == "kept":
         click.echo(f"recurring run {job.name!r} already exists in experiment {experiment!r} (id "
                    f"{job.recurring_run_id}, cron {job.cron!r}): not created again; pass --replace to replace it")

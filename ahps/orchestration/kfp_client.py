@@ -47,7 +47,7 @@ def check_image(image: str | None) -> str | None:
         return None
     if len(image) > 512 or not _IMAGE.fullmatch(image):
         raise ConfigError(f"--image {image!r} is not an image reference: expected REGISTRY[:PORT]/PATH[:TAG][@DIGEST], "
-                          "e.g. ghcr.io/ahps-project/ahps:0.1.0")
+                          "e.g. registry.example.com/ahps:0.1.0")
     return image
 
 
@@ -162,14 +162,53 @@ def _upload(kfp_client, package: Path, pipeline_name: str, namespace: str | None
     return pipeline_id, version.pipeline_version_id
 
 
+def _same_number(a: Any, b: Any) -> bool:
+    """``a == b`` where kfp's protobuf round trip may have turned ints into floats (also inside lists/dicts)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_number(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_number(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def integer_defaults(docs: list[dict[str, Any]], defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compiled documents with the root parameters' defaults as the pipeline function has them.
+
+    kfp 2.17 keeps a default in a protobuf ``Value``, whose numbers are doubles: ``epochs: int = 20`` compiles to
+    ``defaultValue: 20.0`` and ``seeds = [0]`` to ``[0.0]``. Every ``NUMBER_INTEGER``, ``LIST`` and ``STRUCT``
+    default is put back to its Python value (``defaults``) when the two are numerically equal (they always are:
+    anything else is left as kfp wrote it)."""
+    params = docs[0].get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    for name, spec in params.items():
+        if name not in defaults or "defaultValue" not in spec:
+            continue
+        if spec.get("parameterType") not in ("NUMBER_INTEGER", "LIST", "STRUCT"):
+            continue
+        want = json.loads(json.dumps(defaults[name]))
+        if _same_number(spec["defaultValue"], want):
+            spec["defaultValue"] = want
+    return docs
+
+
 def compile_to(pipeline_func, path: str | os.PathLike[str], pipeline_parameters: dict[str, Any] | None = None) -> Path:
+    """Compile ``pipeline_func`` to the IR YAML ``path`` (``pipeline_parameters``: defaults baked in), integer
+    defaults as integers (:func:`integer_defaults`; kfp's header comment is written again from the fixed spec)."""
+    import yaml
     from kfp import compiler
+    from kfp.compiler.pipeline_spec_builder import extract_comments_from_pipeline_spec
 
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise ConfigError(f"output directory {path.parent} does not exist")
     try:
         compiler.Compiler().compile(pipeline_func, str(path), pipeline_parameters=pipeline_parameters or None)
+        defaults = {k: spec.default for k, spec in (pipeline_func.component_spec.inputs or {}).items()}
+        docs = integer_defaults(list(yaml.safe_load_all(path.read_text(encoding="utf-8"))),
+                                {**defaults, **(pipeline_parameters or {})})
+        header = extract_comments_from_pipeline_spec(docs[0], docs[0]["pipelineInfo"].get("description"))
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(header)
+            yaml.safe_dump_all(docs, fh, sort_keys=True, allow_unicode=True)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     return path
@@ -188,25 +227,116 @@ def _prepared(pipe: PipelineDef, given: dict[str, Any], host: str, settings: Tas
     return arguments, host, package
 
 
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
+#: KFP v2 run states that end a run (``kfp.Client.wait_for_run_completion`` misses CANCELED: it would wait forever).
+FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``kfp.Client.create_run_from_pipeline_package`` takes beyond the package and arguments:
+    ``pipeline_root`` (the run's artifact root, e.g. ``s3://bucket/ahps``; None: the KFP default),
+    ``service_account`` (the pods' Kubernetes ServiceAccount; None: KFP's default), ``enable_caching`` (False:
+    no task of the run reads KFP's cache; None: the compile-time settings)."""
+
+    pipeline_root: str | None = None
+    service_account: str | None = None
+    enable_caching: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.pipeline_root is not None:
+            if not _URI.match(self.pipeline_root):
+                raise ConfigError(f"--pipeline-root {self.pipeline_root!r} must be a URI like s3://bucket/ahps, "
+                                  "gs://bucket/ahps or minio://mlpipeline/v2/artifacts")
+            check_no_credentials({"pipeline_root": self.pipeline_root}, "the KFP run")
+        if self.service_account is not None and (not _K8S_NAME.match(self.service_account)
+                                                 or len(self.service_account) > 253):
+            raise ConfigError(f"--service-account {self.service_account!r} is not a valid Kubernetes ServiceAccount "
+                              "name (lower-case letters, digits, '-' and '.')")
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"pipeline_root": self.pipeline_root, "service_account": self.service_account,
+                "enable_caching": self.enable_caching}
+
+
 @dataclass
 class Submitted:
     run_id: str
     run_name: str
     host: str
+    state: str | None = None  #: the final state with ``wait``
+
+
+def _run_name(pipe: PipelineDef, run_name: str | None) -> str:
+    return run_name or f"ahps-{pipe.name} {datetime.now():%Y-%m-%d %H:%M:%S}"
+
+
+def dry_run(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: str, namespace: str | None,
+            run_name: str | None, settings: TaskSettings, image: str | None, options: RunOptions,
+            output: str | None = None) -> dict[str, Any]:
+    """What :func:`submit` would send, without any network: the parameters checked, the pipeline compiled (to
+    ``output`` when given); returns the request's fields (the package by path and task list) and ``parameters``,
+    the full checked parameter set the run will use (defaults resolved, e.g. the family's targets)."""
+    import yaml
+
+    from components import make_components
+
+    check_no_credentials(given, "the run's arguments in Kubeflow Pipelines")
+    check_image(image)
+    checked = validated(pipe, given, local=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_to(build(pipe, settings, image), output or Path(tmp) / f"ahps-{pipe.name}.yaml")
+        spec = next(yaml.safe_load_all(package.read_text()))
+    return {"host": host.rstrip("/"), "experiment": experiment, "namespace": namespace,
+            "run_name": _run_name(pipe, run_name), "pipeline": spec["pipelineInfo"]["name"],
+            "package": str(package) if output else None, "image": make_components(image).image,
+            "tasks": sorted(spec["root"]["dag"]["tasks"]), "arguments": {k: checked[k] for k in given},
+            **options.kwargs(), "parameters": checked}
 
 
 def submit(pipe: PipelineDef, given: dict[str, Any], *, host: str, experiment: str, namespace: str | None,
-           run_name: str | None, settings: TaskSettings, image: str | None) -> Submitted:
-    """Start a run of ``pipe`` on ``host`` in KFP experiment ``experiment``."""
+           run_name: str | None, settings: TaskSettings, image: str | None, options: RunOptions | None = None,
+           wait: float | None = None, poll_s: float = 15.0, on_submitted=None, on_state=None) -> Submitted:
+    """Start a run of ``pipe`` on ``host`` in KFP experiment ``experiment`` (``options``: pipeline root, service
+    account, caching); ``on_submitted(Submitted)`` once it is created. ``wait``: then wait up to that many seconds
+    (0: no limit) for the run to end, calling ``on_state(state)`` at every state change; the final state is in
+    the result."""
+    options = options or RunOptions()
     with tempfile.TemporaryDirectory() as tmp:
         arguments, host, package = _prepared(pipe, given, host, settings, image, tmp)
         kfp_client = client(host, namespace)
-        name = run_name or f"ahps-{pipe.name} {datetime.now():%Y-%m-%d %H:%M:%S}"
+        name = _run_name(pipe, run_name)
         with kfp_errors(host), quiet():
             result = kfp_client.create_run_from_pipeline_package(
                 str(package), arguments=arguments, run_name=name, experiment_name=experiment, namespace=namespace,
+                **options.kwargs(),
             )
-    return Submitted(result.run_id, name, host)
+    done = Submitted(result.run_id, name, host)
+    if on_submitted is not None:
+        on_submitted(done)
+    if wait is not None:
+        done.state = wait_for(kfp_client, host, result.run_id, timeout_s=wait, poll_s=poll_s, on_state=on_state)
+    return done
+
+
+def wait_for(kfp_client, host: str, run_id: str, *, timeout_s: float, poll_s: float, on_state=None) -> str:
+    """Poll the run until it is in a :data:`FINAL_STATES` state (returned); ``timeout_s`` 0: no limit."""
+    import time
+
+    started, last = time.monotonic(), None
+    while True:
+        with kfp_errors(host), quiet():
+            state = str(kfp_client.get_run(run_id).state or "PENDING").upper()
+        if state != last and on_state is not None:
+            on_state(state)
+        last = state
+        if state in FINAL_STATES:
+            return state
+        if timeout_s and time.monotonic() - started + poll_s > timeout_s:
+            raise OrchestrationError(f"run {run_id} is still {state} after {timeout_s:g} s (--timeout); it goes on "
+                                     f"running: {host}/#/runs/details/{run_id}")
+        time.sleep(poll_s)
 
 
 @dataclass

@@ -57,7 +57,7 @@ def _as_list(value: Any) -> list:
     return [value]
 
 
-def _coerce(value: Any, default: Any) -> Any:
+def _coerce(value: Any, default: Any, items: type | None = None) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -78,10 +78,10 @@ def _coerce(value: Any, default: Any) -> Any:
             raise ValueError
         return "" if value is None else str(value)
     if isinstance(default, list):
-        items = _as_list(value)
-        if default and isinstance(default[0], str):  # e.g. targets: numbers given as specs stay specs
-            items = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in items]
-        return items
+        values = _as_list(value)
+        if items is str or (default and isinstance(default[0], str)):  # targets: numbers given as specs stay specs
+            values = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+        return values
     if isinstance(default, dict):
         if isinstance(value, str):
             value = parse_value(value) if value.strip() else {}
@@ -91,10 +91,11 @@ def _coerce(value: Any, default: Any) -> Any:
     return value
 
 
-def coerce(name: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default`` (the parameter's declared type)."""
+def coerce(name: str, value: Any, default: Any, items: type | None = None) -> Any:
+    """``value`` converted to the type of ``default`` (the parameter's declared type; ``items``: a list's element
+    type when the default list is empty)."""
     try:
-        return _coerce(value, default)
+        return _coerce(value, default, items)
     except (TypeError, ValueError, OverflowError):
         kind = type(default).__name__
         example = {"list": '\'["a","b"]\' or a,b', "dict": "'{\"k\": \"v\"}'"}.get(kind, kind)
@@ -108,7 +109,7 @@ def coerce_params(pipeline: PipelineDef, params: dict[str, Any]) -> dict[str, An
     if unknown:
         raise ConfigError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for pipeline "
                           f"{pipeline.name!r}: accepted are {', '.join(spec)}")
-    return {k: coerce(k, v, spec[k].default) for k, v in params.items()}
+    return {k: coerce(k, v, spec[k].default, spec[k].items) for k, v in params.items()}
 
 
 #: The largest parameter file :func:`read_params_dir` reads (a ConfigMap value is at most 1 MiB as well).

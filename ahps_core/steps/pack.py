@@ -52,8 +52,25 @@ def make_packs(items: Sequence[Mapping[str, Any]], pack: int) -> list[dict[str, 
     groups = ([[item] for arch_items in by_arch.values() for item in arch_items] if size == 0 else
               [[i for arch_items in list(by_arch.values())[j:j + size] for i in arch_items]
                for j in range(0, len(by_arch), size)])
-    return [{"pack": n, "archs": list(dict.fromkeys(str(i["arch"]) for i in group)), "items": group,
-             "run_group": group[0].get("run_group", "")} for n, group in enumerate(groups)]
+    return [{"pack": n, "label": pack_label(group), "archs": list(dict.fromkeys(str(i["arch"]) for i in group)),
+             "items": group, "run_group": group[0].get("run_group", "")} for n, group in enumerate(groups)]
+
+
+def pack_label(items: Sequence[Mapping[str, Any]]) -> str:
+    """What a pack trains, readable: ``"2_02: autoscaled, fixed x seeds 0, 1; 2_22: ..."`` (an architecture's
+    cell code when it has one). kfp 2.17 gives every ParallelFor iteration the same static task name (a display name
+    cannot come from the loop item), so this label is in the item and its model artifact's metadata instead."""
+    arms: dict[str, list[str]] = {}
+    seeds: dict[str, list[str]] = {}
+    for item in items:
+        name = str(item.get("arch_code") or item["arch"])
+        arm = str(item.get("arm") or item.get("recipe") or "")
+        if arm and arm not in arms.setdefault(name, []):
+            arms[name].append(arm)
+        if str(item.get("seed")) not in seeds.setdefault(name, []):
+            seeds[name].append(str(item.get("seed")))
+    return "; ".join(f"{name}: {', '.join(arms[name]) or 'train'} x seed{'s' if len(seeds[name]) > 1 else ''} "
+                     f"{', '.join(seeds[name])}" for name in arms)
 
 
 def pack_items(packs: Sequence[Any]) -> list[dict[str, Any]]:

@@ -19,6 +19,28 @@ from ahps_core.errors import ArchSpecError, ConfigError, NoPathError
 #: Other spellings of the families (the chart and docs say nas-bench-201).
 FAMILY_ALIASES = {"nas-bench-201": "nb201", "nasbench201": "nb201", "nb-201": "nb201", "nats-bench": "nb201"}
 DEVICES = ("auto", "cpu", "cuda")
+#: The transfer pipeline's targets when none are given (``targets`` empty), per family: mlp/cnn DAG codes (the
+#: reference code's) of different depths and topologies -- a 2-layer chain, two parallel paths, a 3-layer chain, a
+#: 3-layer cell with skips, a dense 4-layer DAG (8 paths); nb201 cell codes (0 none, 1 skip, 2 conv1x1,
+#: 3 conv3x3, 4 avg-pool) -- a conv3x3 chain, a ResNet-like cell with skips, a mixed cell, the dense conv3x3 cell,
+#: the dense conv1x1 cell.
+FAMILY_TARGETS: dict[str, list[str]] = {
+    "mlp": ["2_02", "2_22", "2_02_002", "2_12_122", "2_22_222_2222"],
+    "cnn": ["2_02", "2_22", "2_02_002", "2_12_122", "2_22_222_2222"],
+    "nb201": ["3_03_003", "3_13_113", "3_33_133", "3_33_333", "2_22_222"],
+}
+
+
+def family_targets(family: str, targets: Any) -> list[str]:
+    """``targets`` as strings, or (empty) the family's :data:`FAMILY_TARGETS` (aliases such as nas-bench-201
+    accepted)."""
+    given = [str(t) for t in (targets or [])]
+    if given:
+        return given
+    fam = FAMILY_ALIASES.get(str(family).lower(), str(family))
+    if fam not in FAMILY_TARGETS:
+        raise ConfigError(f"unknown family {family!r}: accepted are {', '.join(FAMILY_TARGETS)}")
+    return list(FAMILY_TARGETS[fam])
 REEVAL_DATASETS = ("cifar10", "cifar10-valid", "cifar100", "ImageNet16-120")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -156,6 +178,8 @@ def check_transfer(params: dict[str, Any], *, local: bool) -> dict[str, Any]:
     p = dict(params)
     p["family"] = FAMILY_ALIASES.get(str(p["family"]).lower(), p["family"])
     check_choice("family", p["family"], ("mlp", "cnn", "nb201"))
+    if not p["targets"]:
+        p["targets"] = family_targets(p["family"], [])  # none given: the family's defaults
     custom = _custom_dataset(p, local=local)
     if not custom:
         check_choice("dataset", p["dataset"], [*DATASETS, "npz:PATH", "module:function"])

@@ -39,7 +39,10 @@ def find_base_lr_step(
 ) -> dict[str, Any]:
     """Step 1: open the run group (its parent run holds the pipeline's parameters), then the base LR
     (:func:`~ahps_core.steps.base_lr.base_lr_step`). Returns the search summary with the run group."""
+    from ahps_core.steps.params import family_targets
+
     group = resolve_run_group(run_group, job_id)
+    targets = family_targets(family, targets)  # empty: the family's default targets
     params = dict(family=family, dataset=dataset, data_source=data_source, targets=list(targets), seeds=list(seeds),
                   epochs=epochs, rule=rule, convention=convention, base_lr_given=base_lr, fixed_lr=fixed_lr,
                   lr_grid=list(lr_grid), lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size,
