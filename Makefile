@@ -32,7 +32,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
 
-# A real tiny transfer run, MLflow's UI on loopback, headless Chromium on its parent and comparison runs (slow: ~2 min)
+# make run's job in a fresh store, MLflow's UI on loopback, headless Chromium on its parent and comparison runs (~2-3 min)
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest -q -m browser tests/test_browser.py
 
