@@ -41,15 +41,15 @@ def find_browser() -> tuple[str | None, str | None]:
 def missing_reason() -> str | None:
     """Why the browser test cannot run here (None: it can)."""
     binary, driver = find_browser()
-    missing = [name for name, found in (("a Chromium binary (chromium)", binary),
-                                        ("chromedriver (Debian: chromium-driver)", driver)) if not found]
+    missing = [what for what, found in (("no Chromium binary (chromium) on PATH", binary),
+                                        ("no chromedriver (Debian: chromium-driver)", driver)) if not found]
     try:
         import selenium  # noqa: F401
     except ImportError:
-        missing.append("the selenium package (the test extra: pip install -e '.[test]')")
+        missing.append("no selenium package (the test extra: pip install -c constraints.txt -e '.[test]')")
     if missing:
-        return ("no " + ", no ".join(missing) + " found; install them (apt-get install chromium chromium-driver) "
-                "or run .ci/run, which does")
+        return ("; ".join(missing) + ": install Chromium with 'apt-get install chromium chromium-driver' "
+                "(.ci/run does) and the test extra")
     return None
 
 
