@@ -113,7 +113,7 @@ def test_description_has_a_table_row_for_every_target(browser, server, runs, kin
         from selenium.webdriver.common.by import By
 
         heading = browser.find_element(By.XPATH, ui.DESCRIPTION_HEADING)
-        ui.screenshot(browser, shots_dir(tmp_path_factory) / "comparison-run-description.png", heading)
+        ui.screenshot(browser, shots_dir(tmp_path_factory) / "comparison-run-overview.png", heading)
     assert tables, (f"the {kind} run {run['name']!r} has no table in its rendered description "
                     f"(mlflow.note.content); the description reads: {ui.description_text(browser)[:500]!r}")
     covering = [t for t in tables if all(any(has_code(c, code) for row in t for c in row) for code in TARGETS)]
