@@ -25,6 +25,7 @@ DRIVER_PATHS = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 
 NOTE = '[data-testid="note-editor-preview-content"]'  # the rendered markdown of mlflow.note.content
 DESCRIPTION_HEADING = "//h4[starts-with(normalize-space(.), 'Description')]"
+SHOW_MORE = "//*[@data-testid='note-view-outer-container']/following::*[normalize-space(text())='Show more'][1]"
 ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'
 WAIT_S = 90.0  # first loads of the SPA on a busy 2-core machine; a wait ends as soon as the element is there
 
@@ -108,8 +109,10 @@ def open_run(driver, base: str, experiment_id: str, run_id: str, run_name: str) 
 
 
 def description_tables(driver, timeout: float = 15.0) -> list[list[list[str]]]:
-    """The tables of the run's rendered description: each a list of body rows, each a list of cell texts.
-    Waits up to ``timeout`` after the Description box is there (the note renders with it); [] when it has none."""
+    """The tables of the run's rendered description, as a reader sees them: each a list of body rows, each a list of
+    the cells' visible texts. The Description box shows a long note collapsed (a fade and "Show more"): that is
+    clicked first, as a reader would. Waits up to ``timeout`` after the Description box is there (the note renders
+    with it); [] when it has no table."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -119,6 +122,12 @@ def description_tables(driver, timeout: float = 15.0) -> list[list[list[str]]]:
             lambda d: d.find_elements(By.CSS_SELECTOR, f"{NOTE} table"))
     except TimeoutException:
         return []
+    for more in driver.find_elements(By.XPATH, SHOW_MORE):
+        if more.is_displayed():
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", more)
+            more.click()
+            wait_for(driver, lambda d: not [m for m in d.find_elements(By.XPATH, SHOW_MORE) if m.is_displayed()],
+                     "the description expanded after 'Show more'", timeout=timeout)
     tables = []
     for table in driver.find_elements(By.CSS_SELECTOR, f"{NOTE} table"):
         rows = table.find_elements(By.CSS_SELECTOR, "tbody tr") or table.find_elements(By.CSS_SELECTOR, "tr")[1:]

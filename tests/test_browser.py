@@ -109,7 +109,7 @@ def test_description_has_a_table_row_for_every_target(browser, server, runs, kin
     ui.open_run(browser, server, run["experiment_id"], run["run_id"], run["name"])
     ui.close_assistant(browser)
     tables = ui.description_tables(browser)
-    if kind == "compare":  # the README's screenshot: the comparison run's overview at its description
+    if kind == "compare":  # the README's screenshot: the comparison run's overview at its (expanded) description
         from selenium.webdriver.common.by import By
 
         heading = browser.find_element(By.XPATH, ui.DESCRIPTION_HEADING)
