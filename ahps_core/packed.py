@@ -14,8 +14,9 @@ init, its own data order (the :class:`~ahps_core.data.DeviceLoader` stream of it
 detection, as in ``train()``: on CPU every run's loss is read each step, and a run whose loss is not finite stops
 there, before the update (it is masked out of the step and dropped from the stack at the end of the epoch); on
 CUDA nothing is read inside the step (:class:`PackWatch`). On CPU stacked MLP runs equal their own ``train()`` run
-to float rounding: bit for bit (losses, accuracies, weights) at the widths tested, among them ``make run``'s, and
-within 1e-7 relative where MKL takes another kernel for a small batched matmul (width 16); stacked convolutional
+to float rounding (tested: losses within 1e-5 relative, accuracies equal): bit for bit where MKL runs the batched
+and the single matmuls with the same kernels (an Intel CPU with AVX-512, at ``make run``'s width), about 1e-7
+relative where it does not (small widths; an AVX2-only AMD EPYC at every width); stacked convolutional
 networks agree within the tolerances ``tests/test_packed.py`` states. Runs resumed at different epochs train
 together, each at its own epoch. Otherwise (``stack`` off, or convolutional networks on CPU, where grouped
 convolutions gain nothing) the runs train one after another with ``train()`` in this process.

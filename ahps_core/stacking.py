@@ -14,8 +14,8 @@ Convolutional activations travel run-major along the channel axis, ``[B, K*C, H,
 ``k``'s; linear layers take ``[B, K*F]`` (a flattened or pooled feature map) or ``[K, B, F]`` and return
 ``[K, B, F]``. Element-wise ops, pooling, flattening and sums of same-layout tensors therefore act per run
 unchanged, and the readout (the model's last layer must be an ``nn.Linear``) returns ``[K, B, classes]``. Every
-run's logits and gradients equal its own network's to float rounding: on CPU bit for bit for the MLPs tested
-(the batched matmul computes each block with the matmul's own kernel), within the tolerances
+run's logits and gradients equal its own network's to float rounding: on CPU bit for bit for MLPs where MKL's
+batched matmul computes each block with the single matmul's kernel (not on every CPU), within the tolerances
 ``tests/test_packed.py`` states for grouped convolutions; on GPU to floating-point tolerance.
 
 A network is stackable when every module with parameters or buffers is one of those three (BatchNorm with a

@@ -17,8 +17,8 @@ ARGS = dict(family="mlp", dataset="digits", data_source="", epochs=2, train_reci
             max_steps_per_epoch=5, device="cpu", rule="sum-cubed", convention="reference", experiment="ahps",
             checkpoint_root="", s3_endpoint="")
 VOLATILE = {"mlflow_run_id", "seconds", "images_per_s", "checkpoint", "reused"}
-#: Stacked MLP runs agree with their own runs to float rounding (bit for bit at make run's width 128; at width 16
-#: MKL's batched matmul takes other kernels: measured 1e-7 relative): losses within 1e-5, accuracies equal.
+#: Stacked MLP runs agree with their own runs to float rounding (bit for bit where MKL's batched and single matmuls
+#: share kernels; otherwise measured 1e-7 relative): losses within 1e-5, accuracies equal.
 LOSSES = ("train_loss", "eval_loss")
 #: Tags that name the run's group and key, or the process that claimed it (the claim's owner and heartbeat).
 PER_RUN_TAGS = ("ahps.run_group", "ahps.run_key", "ahps.owner", "ahps.heartbeat")

@@ -1,5 +1,10 @@
-"""Packed training equals one train() per run: MLP stacked bit for bit on CPU, CNN and NB201 stacked within a
-stated tolerance; divergence, checkpoints, resume inside a pack, and the pack's checks."""
+"""Packed training equals one train() per run: MLP stacked to float rounding (losses within 1e-5 relative, accuracies
+equal: issue 14's tolerance), CNN and NB201 stacked within a stated tolerance; divergence, checkpoints, resume inside
+a pack, and the pack's checks.
+
+Stacked MLPs are bit for bit equal to separate runs only where MKL runs the batched and the single matmuls with the
+same kernels (measured on an Intel CPU with AVX-512); on an AVX2-only AMD EPYC the first loss differs in the 7th
+digit (2.3336968 against 2.3336967), so the tests assert the tolerance, not the bits."""
 
 from __future__ import annotations
 
@@ -39,16 +44,25 @@ def losses(result) -> list[float]:
     return [h["train_loss"] for h in result.history]
 
 
-def test_mlp_pack_is_bit_identical_to_separate_runs(digits, tmp_path):
-    """At this width (32) the batched matmuls give each run exactly its own matmuls' bits on this CPU (as at make
-    run's width 128); other widths may differ in the last bits (tests/test_pack_step.py states the tolerance)."""
+#: Stacked against separate MLP runs: losses within this relative tolerance (float rounding of batched matmuls),
+#: accuracies equal.
+LOSS_REL = 1e-5
+
+
+def same_losses(got, ref) -> bool:
+    return losses(got) == pytest.approx(losses(ref), rel=LOSS_REL)
+
+
+def test_mlp_pack_equals_separate_runs(digits, tmp_path):
+    """Every epoch's loss within 1e-5, every accuracy equal, the checkpoint's weights and momentum within float
+    rounding (bit for bit where MKL's batched and single matmuls share kernels: module docstring)."""
     configs = [c.replace(checkpoint_dir=str(tmp_path / f"r{i}")) for i, c in enumerate(arms_and_seeds(mlp))]
     assert use_stack("auto", torch.device("cpu"), build_config_model(configs[0], digits))
     packed = train_pack(configs, data=digits)
     for i, (c, got) in enumerate(zip(configs, packed, strict=True)):
         ref = train(c.replace(checkpoint_dir=str(tmp_path / f"ref{i}")), data=digits)
         assert got.status == ref.status == "completed"
-        assert losses(got) == losses(ref)  # bit for bit, every epoch
+        assert same_losses(got, ref)  # every epoch
         assert [h["eval_acc"] for h in got.history] == [h["eval_acc"] for h in ref.history]
         assert [h["lr"] for h in got.history] == [h["lr"] for h in ref.history]
         assert got.config_hash == ref.config_hash and got.num_params == ref.num_params
@@ -56,11 +70,12 @@ def test_mlp_pack_is_bit_identical_to_separate_runs(digits, tmp_path):
         theirs = read_checkpoint(tmp_path / f"ref{i}", ref.config_hash, torch.device("cpu"))
         assert list(mine["model"]) == list(theirs["model"])
         for key, value in theirs["model"].items():
-            assert torch.equal(mine["model"][key], value), key
+            assert torch.allclose(mine["model"][key], value, rtol=1e-4, atol=1e-6), key
         assert mine["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
         for j, entry in theirs["optimizer"]["state"].items():
-            assert torch.equal(mine["optimizer"]["state"][j]["momentum_buffer"], entry["momentum_buffer"])
-        assert mine["epoch"] == theirs["epoch"] == 3 and mine["history"] == got.history
+            assert torch.allclose(mine["optimizer"]["state"][j]["momentum_buffer"], entry["momentum_buffer"],
+                                  rtol=1e-4, atol=1e-6)
+        assert mine["epoch"] == theirs["epoch"] == 3 and mine["history"] == got.history  # the pack's own record
 
 
 def test_pack_results_are_reused_and_a_pack_checkpoint_resumes_alone(digits, tmp_path):
@@ -80,7 +95,7 @@ def test_pack_results_are_reused_and_a_pack_checkpoint_resumes_alone(digits, tmp
     with pytest.raises(RuntimeError, match="preempted"):
         train_pack(cut, data=digits, callbacks=[interrupt] + [None] * (len(cut) - 1))
     resumed = train(cut[1], data=digits)
-    assert resumed.resumed_from == 2 and losses(resumed) == losses(first[1])
+    assert resumed.resumed_from == 2 and same_losses(resumed, first[1])
 
 
 def test_resume_inside_a_pack_with_runs_at_different_epochs(digits, tmp_path):
@@ -100,7 +115,7 @@ def test_resume_inside_a_pack_with_runs_at_different_epochs(digits, tmp_path):
     results = train_pack(configs, data=digits)
     assert [r.resumed_from for r in results] == [0, 1, 2, 0]
     for got, ref in zip(results, reference, strict=True):
-        assert losses(got) == losses(ref)
+        assert same_losses(got, ref)
         assert got.final["eval_acc"] == ref.final["eval_acc"]
 
 
@@ -110,9 +125,9 @@ def test_a_diverging_run_leaves_the_pack_as_it_leaves_train(digits):
     for c, got in zip(configs, packed, strict=True):
         ref = train(c, data=digits)
         assert got.status == ref.status and got.diverged_at == ref.diverged_at
-        assert losses(got) == losses(ref)
-        assert {k: v for k, v in got.final.items() if k != "seconds"} == {k: v for k, v in ref.final.items()
-                                                                           if k != "seconds"}
+        assert same_losses(got, ref)
+        assert got.final["eval_acc"] == ref.final["eval_acc"]
+        assert got.final["train_loss"] == pytest.approx(ref.final["train_loss"], rel=LOSS_REL)
     assert packed[1].status == "diverged" and packed[1].final["train_loss"] == math.inf
     assert packed[0].status == packed[2].status == "completed"
 
