@@ -63,11 +63,13 @@ def draw_banner(fig: Figure, text: str) -> None:
     import textwrap
 
     width, height = fig.get_size_inches()
-    lines = textwrap.wrap(f"!! {text}", width=max(40, int(width * 72 / (8 * 0.58))))
+    lines = textwrap.wrap(f"!! {text}", width=max(40, int(width * 72 / (8 * 0.68))))
     fig.text(0.5, 0.995, "\n".join(lines), ha="center", va="top", color="red", fontsize=8, fontweight="bold",
              gid=BANNER_GID)
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
     engine = fig.get_layout_engine()
-    if engine is not None and hasattr(engine, "set"):
+    if isinstance(engine, ConstrainedLayoutEngine):
         top = 1 - (len(lines) * 8 * 1.3 / 72 + 0.08) / height
         engine.set(rect=(0, 0, 1, max(top, 0.5)))
 
