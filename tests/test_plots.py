@@ -190,3 +190,27 @@ def test_topk_series_do_not_hide_each_other(tmp_path, monkeypatch):
     assert taus[0].get_marker() != taus[1].get_marker() and taus[0].get_color() != taus[1].get_color()
     legend = ax.get_legend()
     assert legend is not None and len(legend.get_texts()) == 6
+
+
+def test_validate_point_labels_do_not_overlap_at_24_targets(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from matplotlib.text import Text
+
+    captured: list = []
+    orig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: (captured.append(self),
+                                                                                    orig(self, *a, **k))[1])
+    # 24 targets whose predicted and measured LRs crowd into half a decade
+    points = [{"arch": f"2_{i:02d}_{i:03d}", "predicted_lr": 0.01 * (1 + 0.02 * i),
+               "measured_lr": 0.01 * (1 + 0.021 * i), "measured_ci": None} for i in range(24)]
+    report = {"comparisons": [{"rule": "r", "convention": "c", "points": points, "slope": 1.0, "intercept": 0.0,
+                               "pearson_log": 0.9, "n": 24}], "base": {"lr": 0.01}, "family": "mlp",
+              "dataset": "digits"}
+    plots.plot_pred_vs_measured(report, tmp_path / "v.png")
+    fig = captured[0]
+    renderer = plots.renderer_of(fig)
+    texts = [t for t in fig.axes[0].texts if t.get_visible()]
+    assert 0 < len(texts) < 24  # crowded: some labels left out ...
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # ... none overlaps
+    assert any("left out" in t.get_text() for t in fig.texts)
