@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ahps_core.ranking import PairGaps, TopK
 
 DPI = 110
+#: The ``gid`` of the deviation banner's text (:func:`draw_banner`).
+BANNER_GID = "ahps-banner"
 
 
 def figure(width: float = 7.0, height: float = 4.5, *, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
@@ -42,13 +44,47 @@ def figure(width: float = 7.0, height: float = 4.5, *, rows: int = 1, cols: int 
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
-def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI) -> Path:
-    """Write ``fig`` to ``path`` as PNG (parents created) atomically: a reader never sees half a file."""
+def banner_text(summary: Mapping[str, Any]) -> str | None:
+    """The deviation banner of a run's figures, as the text report shows it (:func:`ahps_core.reports.
+    format_protocol`): every deviation from NB201's protocol by name, and the REDUCED budget's line; None for a run
+    on the protocol (and for a transfer run, which has no benchmark protocol)."""
+    protocol, budget = summary.get("protocol") or {}, summary.get("budget") or {}
+    parts = []
+    if protocol.get("label") == "deviated":
+        names = [d["name"] for d in protocol.get("deviations", [])]
+        parts.append(f"protocol=deviated ({', '.join(names) or protocol.get('text')})")
+    if budget.get("reduced"):
+        parts.append(str(budget.get("text")))
+    return " | ".join(parts) or None
+
+
+def draw_banner(fig: Figure, text: str) -> None:
+    """``text`` in red across the top of ``fig`` (wrapped to its width); the constrained layout leaves it room."""
+    import textwrap
+
+    width, height = fig.get_size_inches()
+    lines = textwrap.wrap(f"!! {text}", width=max(40, int(width * 72 / (8 * 0.68))))
+    fig.text(0.5, 0.995, "\n".join(lines), ha="center", va="top", color="red", fontsize=8, fontweight="bold",
+             gid=BANNER_GID)
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):
+        top = 1 - (len(lines) * 8 * 1.3 / 72 + 0.08) / height
+        engine.set(rect=(0, 0, 1, max(top, 0.5)))
+
+
+def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = DPI, banner: str | None = None) -> Path:
+    """Write ``fig`` to ``path`` as PNG (parents created) atomically: a reader never sees half a file. With
+    ``banner`` (:func:`banner_text`), the banner is drawn on the figure first and its text kept in the PNG's
+    ``ahps-banner`` text chunk (so a test, or a reader of the file, can tell a figure of a deviated run)."""
+    if banner and not any(t.get_gid() == BANNER_GID for t in fig.texts):
+        draw_banner(fig, banner)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"ahps-banner": banner} if banner else None)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -91,8 +127,10 @@ def plot_lr_curve(result: Any, path: str | os.PathLike[str], *, title: str | Non
     return save(fig, path)
 
 
-def plot_pred_vs_measured(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Draw ``ahps validate``'s report (its ``comparisons``) to ``path`` (PNG)."""
+def plot_pred_vs_measured(report: Mapping[str, Any], path: str | os.PathLike[str], *,
+                          banner: str | None = None) -> Path:
+    """Draw ``ahps validate``'s report (its ``comparisons``) to ``path`` (PNG). Point labels that would overlap
+    another are left out (the report lists every point)."""
     comps = [c for c in report["comparisons"] if c["points"]]
     n = max(len(comps), 1)
     cols = min(n, 2)
@@ -139,7 +177,38 @@ def plot_pred_vs_measured(report: Mapping[str, Any], path: str | os.PathLike[str
     for ax in panels[len(comps):]:
         ax.axis("off")
     fig.suptitle(f"{report.get('family')} on {report.get('dataset')}: base LR {report['base']['lr']:.3g}", fontsize=10)
-    return save(fig, path)
+    if banner:
+        draw_banner(fig, banner)
+    hidden = drop_overlapping(fig, [t for ax in panels for t in ax.texts])
+    if hidden:
+        fig.text(0.01, 0.005, f"{hidden} point label(s) left out where they overlapped", fontsize=6, color="grey")
+    return save(fig, path, banner=banner)
+
+
+def renderer_of(fig: Figure) -> Any:
+    """An Agg renderer of ``fig`` with its layout done (texts have their drawn boxes): for overlap checks."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    return canvas.get_renderer()
+
+
+def drop_overlapping(fig: Figure, texts: Sequence[Any]) -> int:
+    """Hide every text of ``texts`` whose drawn box overlaps one kept before it (in order); returns how many."""
+    from matplotlib.text import Text
+
+    renderer = renderer_of(fig)
+    kept: list[Any] = []
+    hidden = 0
+    for t in texts:
+        box = Text.get_window_extent(t, renderer)  # the text's own box (an annotation's includes its arrow)
+        if any(box.overlaps(k) for k in kept):
+            t.set_visible(False)
+            hidden += 1
+        else:
+            kept.append(box)
+    return hidden
 
 
 def _plain_log_ticks(ax: Any) -> None:
@@ -156,30 +225,39 @@ def _plain_log_ticks(ax: Any) -> None:
 
 
 def plot_topk(results: Mapping[str, Sequence[TopK]] | Sequence[TopK], path: str | os.PathLike[str], *,
-              title: str = "") -> Path:
-    """τ-b (with CI band), Spearman ρ and the noise τ against K; one τ line per selection in ``results``."""
+              title: str = "", banner: str | None = None) -> Path:
+    """τ-b (with CI band), Spearman ρ and the noise τ against K; one colour and marker per selection in
+    ``results``, each selection's points offset sideways and hollow after the first, so that equal values of two
+    selections stay both visible (one never hides the other); the legend sits below the axes."""
     series = results if isinstance(results, Mapping) else {"benchmark": results}
-    fig, ax = figure(9)
-    for sel, rows in series.items():
-        x = np.arange(len(rows))
+    fig, ax = figure(9, 5.2)
+    m = len(series)
+    styles = [("tab:blue", "o", "full"), ("tab:purple", "D", "none"), ("tab:green", "^", "none"),
+              ("tab:brown", "v", "none")]
+    for i, (sel, rows) in enumerate(series.items()):
+        color, marker, fill = styles[i % len(styles)]
+        x = np.arange(len(rows)) + (0.12 * (i - (m - 1) / 2) if m > 1 else 0.0)
         tau = np.array([r.tau for r in rows])
         lo = np.array([r.tau_ci[0] for r in rows])
         hi = np.array([r.tau_ci[1] for r in rows])
-        line = ax.plot(x, tau, marker="o", label=f"Kendall τ-b (top set by {sel})")[0]
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
-        ax.plot(x, [r.spearman for r in rows], ls="--", color=line.get_color(), label=f"Spearman ρ (by {sel})")
-        ax.plot(x, [r.noise_tau for r in rows], ls=":", marker="s", color=line.get_color(),
+        ax.plot(x, tau, marker=marker, fillstyle=fill, color=color, lw=1.8, ms=7, zorder=3 + i,
+                label=f"Kendall τ-b, 95% CI (top set by {sel})")
+        ax.fill_between(x, lo, hi, color=color, alpha=0.12, hatch="//" if i else None)
+        ax.plot(x, [r.spearman for r in rows], ls="--", marker=marker, fillstyle="none", ms=5, color=color,
+                lw=1, label=f"Spearman ρ (by {sel})")
+        ax.plot(x, [r.noise_tau for r in rows], ls=":", marker="s", fillstyle="none", ms=5, color=color, lw=1.2,
                 label=f"seed-to-seed τ-b, noise floor (by {sel})")
     rows = next(iter(series.values()))
     ax.set_xticks(np.arange(len(rows)), [f"{r.k:g}\nn={r.n}" for r in rows], fontsize="small")
+    ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("top K% of architectures")
     ax.set_ylabel("rank correlation")
     ax.set_title(title or "Benchmark vs new ranking within the top K%")
-    ax.legend(fontsize="x-small", loc="lower left")
-    return save(fig, path)
+    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=min(m, 2))
+    return save(fig, path, banner=banner)
 
 
-def plot_gaps(gaps: PairGaps, path: str | os.PathLike[str], *, title: str = "") -> Path:
+def plot_gaps(gaps: PairGaps, path: str | os.PathLike[str], *, title: str = "", banner: str | None = None) -> Path:
     """Empirical CDFs of the pairwise accuracy gaps under the benchmark and the new scheme."""
     fig, ax = figure()
     for g, label in ((gaps.bench_gaps, "benchmark"), (gaps.new_gaps, "new")):
@@ -191,7 +269,7 @@ def plot_gaps(gaps: PairGaps, path: str | os.PathLike[str], *, title: str = "") 
     ax.set_title(title or f"Pairwise gaps, n={gaps.n}{' (sampled pairs)' if gaps.sampled else ''}")
     if gaps.bench_gaps.size:
         ax.legend(fontsize="small")
-    return save(fig, path)
+    return save(fig, path, banner=banner)
 
 
 def plot_scatter(
@@ -201,6 +279,7 @@ def plot_scatter(
     *,
     top_k: float = 10,
     title: str = "",
+    banner: str | None = None,
 ) -> Path:
     """New vs benchmark accuracy, the identity line, and the benchmark's top ``top_k`` % highlighted."""
     from ahps_core.ranking import paired_accuracies, top_set
@@ -218,53 +297,8 @@ def plot_scatter(
     ax.set_xlabel("benchmark accuracy (%)")
     ax.set_ylabel("new accuracy (%)")
     ax.set_title(title or f"New vs benchmark accuracy (n={len(b)})")
-    return save(fig, path)
+    return save(fig, path, banner=banner)
 
 
-# --- the transfer comparison -------------------------------------------------------------------------------
-
-
-def _short(arch: str, n: int = 18) -> str:
-    return arch if len(arch) <= n else arch[: n - 1] + "…"
-
-
-def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path, family: str, dataset: str) -> Path:
-    """Final accuracy of every architecture under both arms (a transfer run's comparison)."""
-    fig, ax = figure(max(6.0, 1.1 * len(rows) + 2), 4.2)
-    x = list(range(len(rows)))
-    w = 0.38
-    shown: list[float] = []
-    for off, arm, color in ((-w / 2, "autoscaled", "tab:blue"), (w / 2, "fixed", "tab:orange")):
-        ys = [100 * (r.get(f"{arm}_acc") or 0.0) for r in rows]
-        shown += ys
-        bars = ax.bar([i + off for i in x], ys, w, label=arm, color=color)
-        ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
-    if shown:  # the differences between arms are a few points: zoom on them (the axis says where it starts)
-        lo, hi = min(shown), max(shown)
-        pad = max(1.0, 0.15 * (hi - lo))
-        ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
-    ax.set_xticks(x, [_short(r["arch"]) for r in rows], rotation=30, ha="right", fontsize="small")
-    ax.set_ylabel("final eval accuracy (%)")
-    ax.set_title(f"Autoscaled vs fixed recipe: {family} on {dataset}")
-    ax.legend(fontsize="small")
-    return save(fig, path, dpi=100)
-
-
-def plot_lrs(rows: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], path: Path, family: str) -> Path:
-    """The transferred LR of every architecture against the base and fixed LRs."""
-    fig, ax = figure(max(6.0, 1.0 * len(rows) + 2), 4.2)
-    x = list(range(len(rows)))
-    ax.bar(x, [r.get("predicted_lr") or 0.0 for r in rows], 0.6, color="tab:blue", label="transferred LR (autoscaled)")
-    if plan.get("base_lr"):
-        ax.axhline(plan["base_lr"], color="gray", ls="--", lw=1, label=f"base LR {plan['base_lr']:.3g} (proxy)")
-    if plan.get("fixed_lr") and plan.get("fixed_lr") != plan.get("base_lr"):
-        ax.axhline(plan["fixed_lr"], color="tab:orange", ls=":", lw=1, label=f"fixed LR {plan['fixed_lr']:.3g}")
-    ax.set_xticks(x, [_short(r["arch"]) for r in rows], rotation=30, ha="right", fontsize="small")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"Predicted LR per architecture ({family}, rule {plan.get('rule')}, {plan.get('convention')})")
-    ax.legend(fontsize="small")
-    return save(fig, path, dpi=100)
-
-
-__all__ = ["DPI", "figure", "plot_accuracy", "plot_gaps", "plot_lr_curve", "plot_lrs", "plot_pred_vs_measured",
-           "plot_scatter", "plot_topk", "save"]
+__all__ = ["BANNER_GID", "DPI", "banner_text", "draw_banner", "figure", "plot_gaps", "plot_lr_curve",
+           "plot_pred_vs_measured", "plot_scatter", "plot_topk", "renderer_of", "save"]

@@ -379,8 +379,10 @@ def ranking_report(
     seed: int = 0,
     ci: float = 0.95,
     out_dir: str | Path | None = None,
+    banner: str | None = None,
 ) -> dict:
-    """Everything above for one dataset as strict JSON; with ``out_dir``, the three plots too (paths listed)."""
+    """Everything above for one dataset as strict JSON; with ``out_dir``, the three plots too (paths listed), each
+    with the deviation ``banner`` (:func:`ahps_core.plots.banner_text`) when given."""
     archs, _, _ = paired_accuracies(bench_acc, new_acc)
     topk = {
         sel: topk_correlations(bench_acc, new_acc, ks=ks, select_by=sel, bench_seeds=bench_seeds,
@@ -412,10 +414,12 @@ def ranking_report(
         stem = f"{dataset}_" if dataset else ""
         label = f" ({dataset})" if dataset else ""
         report["plots"] = {
-            "topk": str(plots.plot_topk(topk, out / f"{stem}topk.png", title=f"Top-K% rank agreement{label}")),
-            "gaps": str(plots.plot_gaps(gaps, out / f"{stem}gaps.png", title=f"Pairwise accuracy gaps{label}")),
+            "topk": str(plots.plot_topk(topk, out / f"{stem}topk.png", title=f"Top-K% rank agreement{label}",
+                                        banner=banner)),
+            "gaps": str(plots.plot_gaps(gaps, out / f"{stem}gaps.png", title=f"Pairwise accuracy gaps{label}",
+                                        banner=banner)),
             "scatter": str(plots.plot_scatter(bench_acc, new_acc, out / f"{stem}scatter.png",
-                                              title=f"New vs benchmark accuracy{label}")),
+                                              title=f"New vs benchmark accuracy{label}", banner=banner)),
         }
     return report
 

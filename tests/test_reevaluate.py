@@ -128,7 +128,7 @@ def test_local_run_records_parent_children_and_ranking(two_runs):
     assert "spearman_top100" in m and "mean_accuracy_delta_ci_low" in m and "gap_ratio" in m
     assert (ranking["tags"]["protocol"], ranking["tags"]["protocol_deviations"]) == ("deviated", "budget,split,seeds")
     plots = sorted(p.name for p in (ranking["artifacts"] / "plots").iterdir())
-    assert plots == ["cifar100_gaps.png", "cifar100_scatter.png", "cifar100_topk.png"]
+    assert plots == ["cifar100_gaps.png", "cifar100_rank_change.png", "cifar100_scatter.png", "cifar100_topk.png"]
     report = json.loads((ranking["artifacts"] / "ranking" / "ranking_report.json").read_text())
     assert report["n_common"] == 3 and set(report["topk"]) == {"benchmark", "new"}
     assert parent["metrics"]["tau_top100"] == m["tau_top100"]
@@ -481,5 +481,5 @@ def test_default_run_finishes_in_five_minutes(tmp_path):
     store = Store(tmp_path)
     (ranking,) = store.kind("ranking")
     assert "tau_top100" in ranking["metrics"] and "noise_tau_top100" in ranking["metrics"]
-    assert len(list((ranking["artifacts"] / "plots").glob("*.png"))) == 3
+    assert len(list((ranking["artifacts"] / "plots").glob("*.png"))) == 4
     print(f"default ahps run reevaluate: {elapsed:.1f} s")

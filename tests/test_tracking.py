@@ -214,5 +214,5 @@ def test_compiled_pipeline_reruns_locally_and_tracks_in_mlflow_server(mlflow_ser
     assert -1.0 <= m["kendall_tau_b"] <= 1.0 and m["n"] == len(TARGETS)
     arts = rest(mlflow_server, f"/api/2.0/mlflow/artifacts/list?run_id={compare['info']['run_id']}&path=plots")
     names = {Path(f["path"]).name for f in arts.get("files", [])}
-    assert {"accuracy_by_arch.png", "predicted_lr_by_arch.png"} <= names
+    assert {"accuracy_delta_by_arch.png", "rank_change.png", "predicted_lr_by_arch.png"} <= names
     assert "kendall_tau_b" in metrics_of(parent)

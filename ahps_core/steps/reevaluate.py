@@ -316,10 +316,15 @@ def rank_step(
             row[key] = ranks.get(row["arch"])
     rows.sort(key=lambda r: (r["rank_benchmark"] is None, r["rank_benchmark"] or 0, r["arch"]))
 
+    from ahps_core.plots import banner_text
+    from ahps_core.plots_compare import plot_rank_change
+
+    banner = banner_text({"protocol": sample.get("protocol"), "budget": sample.get("budget")})
     report = ranking.ranking_report(bench_acc, new_acc, bench_seeds=bench_seeds, dataset=dataset, ks=ks,
-                                    n_boot=as_int(n_boot), out_dir=out)
+                                    n_boot=as_int(n_boot), out_dir=out, banner=banner)
     write_json(out / RANKING_REPORT_FILE, report)
     plots = dict(report.get("plots", {}))
+    plots["rank_change"] = str(plot_rank_change(rows, out / f"{dataset}_rank_change.png", dataset, banner=banner))
     main = report["topk"][select_by]
     stats: dict[str, Any] = {
         "n": report["n_common"], "select_by": select_by,

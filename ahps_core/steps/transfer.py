@@ -141,6 +141,7 @@ def _rows(results: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]):
             row[f"{arm}_lr"] = float(runs[0]["lr"])
             row[f"{arm}_diverged"] = sum(1 for r in runs if r.get("status") == "diverged")
             row[f"{arm}_seeds"] = len(runs)
+            row[f"{arm}_acc_per_seed"] = {str(r.get("seed")): v for r, v in zip(runs, values, strict=True)}
             row[f"{arm}_runs"] = [r.get("mlflow_run_id") for r in runs]
         if row.get("autoscaled_acc") is not None and row.get("fixed_acc") is not None:
             row["delta"] = row["autoscaled_acc"] - row["fixed_acc"]
@@ -194,7 +195,7 @@ def compare_step(
     and two plots. Writes ``summary.json``, ``summary.md`` and the plots to ``out_dir``, then records the
     ``compare`` run (idempotent on its key and inputs) and the headline numbers on the parent run, which it marks
     FINISHED."""
-    from ahps_core.plots import plot_accuracy, plot_lrs
+    from ahps_core.plots_compare import plot_lrs, plot_transfer_delta, plot_transfer_ranks
     from ahps_core.storage import slug
     from ahps_core.tracking import INPUTS_HASH_TAG, tracked_step
 
@@ -204,7 +205,8 @@ def compare_step(
     stats = _stats(rows, acc, n_boot)
     plots = {}
     if rows:
-        plots["accuracy"] = str(plot_accuracy(rows, out / "accuracy_by_arch.png", family, dataset))
+        plots["accuracy_delta"] = str(plot_transfer_delta(rows, out / "accuracy_delta_by_arch.png", family, dataset))
+        plots["rank_change"] = str(plot_transfer_ranks(rows, out / "rank_change.png", family, dataset))
         plots["predicted_lr"] = str(plot_lrs(rows, plan, out / "predicted_lr_by_arch.png", family))
     summary = {
         "pipeline": "transfer", "run_group": run_group, "family": family, "dataset": dataset,
