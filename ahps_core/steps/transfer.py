@@ -61,7 +61,8 @@ def find_base_lr_step(
     """Step 1: open the run group (its parent run holds the pipeline's parameters), then the base LR
     (:func:`~ahps_core.steps.base_lr.base_lr_step`). Returns the search summary with the run group."""
     group = resolve_run_group(run_group, job_id)
-    params = dict(family=family, dataset=dataset, data_source=data_source, targets=list(targets), seeds=list(seeds),
+    seeds = [as_int(s, "seed") for s in seeds]  # kfp hands list items over as JSON numbers (floats): 0.0 -> 0
+    params = dict(family=family, dataset=dataset, data_source=data_source, targets=list(targets), seeds=seeds,
                   epochs=epochs, rule=rule, convention=convention, base_lr_given=base_lr, fixed_lr=fixed_lr,
                   lr_grid=list(lr_grid), lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size,
                   width=width, run_group=group)
