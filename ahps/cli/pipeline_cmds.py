@@ -130,6 +130,8 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     click.echo(f"MLflow: {ml.get('tracking_uri')} experiment {ml.get('experiment')!r} (id {ml.get('experiment_id')}), "
                f"parent run {ml.get('parent_run_id')}, comparison run {ml.get('compare_run_id')}")
     click.echo(f"open the MLflow UI: {ui_command(ml.get('tracking_uri', uri))}")
+    if ml.get("runs_url"):
+        click.echo(f"then the runs table: {ml['runs_url']}")
     click.echo(f"done in {time.perf_counter() - started:.1f} s")
     _report_journal(done.journal, uri, args["run_group"])
 

@@ -24,6 +24,7 @@ from ahps_core.errors import ConfigError
 from ahps_core.jsonio import jsonable, stable_hash, write_json
 from ahps_core.protocol import NB201_HEADLINE, budget_info, nb201_protocol, protocol_status, protocol_tags
 from ahps_core.reports import fmt, format_reevaluation_markdown, k_label, k_num
+from ahps_core.steps import report as mlreport
 from ahps_core.steps.base_lr import base_lr_step
 from ahps_core.steps.common import (
     RANKING_REPORT_FILE,
@@ -359,12 +360,13 @@ def rank_step(
                                  for r in results), ks, as_int(n_boot), select_by])
     parent = tr.ensure_parent()
     budget = sample.get("budget", {})
+    description = mlreport.note(mlreport.reevaluation_markdown(summary), more="ranking/summary.md")
     with tracked_step(tr, tr.key(RANKING_KEY), name=f"ranking vs benchmark ({dataset})", kind="ranking",
                       identity=inputs, identity_tag=INPUTS_HASH_TAG,
                       tags={"family": "nb201", "dataset": dataset, "rule": plan.get("rule"),
                             "convention": plan.get("convention"), "select_by": select_by,
                             "budget": budget.get("label", ""), **protocol_tags(sample.get("protocol") or {}),
-                            "mlflow.note.content": budget.get("text", "")},
+                            mlreport.NOTE_TAG: description},
                       params={"topk": [k_num(k) for k in ks], "n_boot": as_int(n_boot), "select_by": select_by,
                               "benchmark": sample.get("benchmark_path"), "n_archs": len(rows)}) as run:
         if run.reused:
@@ -375,12 +377,16 @@ def rank_step(
                     if k in ("tau_top100", "noise_tau_top100", "spearman_top100", "mean_accuracy_delta", "n_archs",
                              "gap_ratio", "rank_changes")}
             tr.log_metrics(parent.run_id, {**head, "base_lr": plan.get("base_lr")})
+            tr.log_table(parent.run_id, mlreport.reevaluation_table(rows), mlreport.RANKING_TABLE_FILE)
+            tr.set_tags(parent.run_id, {mlreport.NOTE_TAG: description})  # the banner of the sample step, + the table
             for path in plots.values():
                 tr.log_file(parent.run_id, path, "plots")
             run.summary = {"stats": stats, "topk": main, "rows": rows}
+        mlreport.tag_children(tr, mlreport.reevaluation_child_tags(rows))
     tr.finish(parent.run_id)
     summary["mlflow"] = {"tracking_uri": tr.uri, "experiment": experiment, "experiment_id": tr.experiment_id,
-                         "parent_run_id": parent.run_id, "compare_run_id": run.run_id, "ranking_run_id": run.run_id}
+                         "parent_run_id": parent.run_id, "compare_run_id": run.run_id, "ranking_run_id": run.run_id,
+                         "runs_url": mlreport.runs_url(tr.uri, tr.experiment_id)}
     write_json(out / SUMMARY_FILE, summary)
     top = main[0] if main else {}
     log("rank", f"{len(rows)} cells, tau-b top{k_label(top.get('k', 100))} {fmt(top.get('tau'), '.3f')} "
@@ -391,18 +397,17 @@ def rank_step(
 
 def _log_ranking(run, summary: Mapping[str, Any], main: list[dict[str, Any]], rows: list[dict[str, Any]],
                  plots: Mapping[str, str], out: Path) -> None:
-    from ahps_core.storage import slug
-
     run.log_metrics(ranking_metrics(summary))
+    run.log_table(mlreport.reevaluation_table(rows), mlreport.RANKING_TABLE_FILE)
     for i, t in enumerate(main):  # tau against K as a curve too (step = position in the K list)
         run.log_metrics({"tau_by_k": t.get("tau"), "noise_tau_by_k": t.get("noise_tau"),
                          "spearman_by_k": t.get("spearman")}, step=i)
-    for row in rows:
-        name = slug(row["code"])
-        run.log_metrics({f"new_acc/{name}": row.get("new_acc"), f"benchmark_acc/{name}": row.get("benchmark_acc"),
-                         f"delta/{name}": row.get("delta")})
-    for report in (out / RANKING_REPORT_FILE, out / SUMMARY_FILE, out / SUMMARY_MD_FILE):
-        run.log_file(report, "ranking")
+    for i, row in enumerate(rows):  # one curve per quantity (step = position in the table), not one bar each
+        run.log_metrics({"new_acc_by_index": mlreport.rounded(row.get("new_acc")),
+                         "benchmark_acc_by_index": mlreport.rounded(row.get("benchmark_acc")),
+                         "delta_by_index": mlreport.rounded(row.get("delta"))}, step=i)
+    for path in (out / RANKING_REPORT_FILE, out / SUMMARY_FILE, out / SUMMARY_MD_FILE):
+        run.log_file(path, "ranking")
     for plot in plots.values():
         run.log_file(plot, "plots")
 

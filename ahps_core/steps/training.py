@@ -53,10 +53,27 @@ class RunSpec:
     params: dict[str, Any]
     model_path: Path
     label: str
+    code: str = ""
 
     @property
     def run_name(self) -> str:
-        return f"{self.arm} {self.arch} s{self.seed}"
+        """One display name per cell: its short code (``ahps.arch_code``; the NB201 string is ``ahps.arch_string``),
+        so MLflow never truncates it."""
+        return f"{self.arm} {self.code or self.arch} s{self.seed}"
+
+
+def arch_code(family: str, arch: str, item: Mapping[str, Any]) -> str:
+    """The short name of a target: the plan's ``arch_code``, NB201's digit code of a cell string, else ``arch``."""
+    if item.get("arch_code"):
+        return str(item["arch_code"])
+    if family == "nb201" and "|" in arch:
+        from ahps_core.graph import nb201_code, parse_arch
+
+        try:
+            return nb201_code(parse_arch(arch, "nb201"))
+        except ValueError:
+            return arch
+    return arch
 
 
 def run_spec(
@@ -75,8 +92,9 @@ def run_spec(
                           C=as_int(C or 0), N=as_int(N or 0), amp=amp, cell=cell, indegree=indegree)
     data_extra = {k: v for k, v in (("eval_part", eval_part), ("split_file", split_file)) if v}
     chash = config.hash(data_extra) if data_extra else config.hash()
+    code = arch_code(family, arch, item)
     tags = {"recipe": arm, "family": family, "arch": arch, "dataset": dataset, "seed": seed, "rule": rule,
-            "convention": convention, **dict(extra_tags or {})}
+            "convention": convention, "ahps.arch_code": code, "ahps.arch_string": arch, **dict(extra_tags or {})}
     params = {"lr": lr, "base_lr": float(item.get("base_lr", lr)), "lr_ratio": float(item.get("ratio", 1.0)),
               "init": init, "epochs": config.epochs, "batch_size": config.batch_size, "momentum": config.momentum,
               "weight_decay": config.weight_decay, "schedule": config.schedule, "width": config.width,
@@ -90,7 +108,8 @@ def run_spec(
         params["amp"] = config.amp
     params.update(data_extra)
     params.update(dict(extra_params or {}))
-    return RunSpec(item, config, chash, arch, arm, seed, tags, params, Path(model_dir), f"{arch} {arm} seed {seed}")
+    return RunSpec(item, config, chash, arch, arm, seed, tags, params, Path(model_dir), f"{arch} {arm} seed {seed}",
+                   code)
 
 
 def step_data(dataset: str, data_source: str, *, checksums_file: str = "", eval_part: str = "",

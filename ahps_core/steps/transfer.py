@@ -12,6 +12,7 @@ from ahps_core.checks import as_int, finite_or_none
 from ahps_core.errors import ArchSpecError
 from ahps_core.jsonio import jsonable, stable_hash, write_json
 from ahps_core.reports import fmt, format_markdown
+from ahps_core.steps import report
 from ahps_core.steps.base_lr import base_lr_step
 from ahps_core.steps.common import (
     ARMS,
@@ -29,6 +30,26 @@ from ahps_core.steps.common import (
 )
 
 COMPARE_KEY = "compare"
+#: the comparison's headline metrics on the parent run (the runs table's columns; accuracies in points)
+PARENT_METRICS = ("kendall_tau_b", "spearman_rho", "mean_accuracy_delta", "autoscaled_wins", "fixed_wins",
+                  "rank_changes", "n")
+#: stats that are accuracies (fractions in summary.json, percentage points in MLflow)
+_ACCURACY_STATS = ("mean_accuracy_delta", "median_accuracy_delta", "mean_acc_autoscaled", "mean_acc_fixed")
+
+
+def headline_metrics(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparison run's metrics from the stats of :func:`compare_step`: accuracies in percentage points,
+    everything rounded to 4 decimals (docs/conventions.md A15)."""
+    out: dict[str, Any] = {}
+    for k, v in stats.items():
+        if isinstance(v, (list, str)) or v is None:
+            continue
+        out[k] = report.points(v) if k in _ACCURACY_STATS else (v if isinstance(v, int) else report.rounded(v))
+    for name in ("kendall_tau_b", "spearman_rho", "mean_accuracy_delta"):
+        low, high = stats.get(f"{name}_ci") or [None, None]
+        conv = report.points if name == "mean_accuracy_delta" else report.rounded
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = conv(low), conv(high)
+    return out
 
 
 def find_base_lr_step(
@@ -43,7 +64,8 @@ def find_base_lr_step(
 
     group = resolve_run_group(run_group, job_id)
     targets = family_targets(family, targets)  # empty: the family's default targets
-    params = dict(family=family, dataset=dataset, data_source=data_source, targets=list(targets), seeds=list(seeds),
+    seeds = [as_int(s, "seed") for s in seeds]  # kfp hands list items over as JSON numbers (floats): 0.0 -> 0
+    params = dict(family=family, dataset=dataset, data_source=data_source, targets=list(targets), seeds=seeds,
                   epochs=epochs, rule=rule, convention=convention, base_lr_given=base_lr, fixed_lr=fixed_lr,
                   lr_grid=list(lr_grid), lr_seeds=lr_seeds, train_recipe=train_recipe, batch_size=batch_size,
                   width=width, run_group=group)
@@ -196,7 +218,6 @@ def compare_step(
     ``compare`` run (idempotent on its key and inputs) and the headline numbers on the parent run, which it marks
     FINISHED."""
     from ahps_core.plots_compare import plot_lrs, plot_transfer_delta, plot_transfer_ranks
-    from ahps_core.storage import slug
     from ahps_core.tracking import INPUTS_HASH_TAG, tracked_step
 
     out = Path(out_dir)
@@ -226,40 +247,46 @@ def compare_step(
                                  arm_of(r), str(r.get("seed")), str(r.get("status")), str(r.get("eval_acc")))
                                 for r in results))
     parent = tr.ensure_parent()
+    description = report.note(format_markdown(summary), more="comparison/summary.md")
+    compare_params = {"family": family, "dataset": dataset, "arms": list(ARMS), "seeds": plan.get("seeds"),
+                      "n_targets": len(plan.get("targets", [])), "n_skipped": len(plan.get("skipped", [])),
+                      "base_lr": plan.get("base_lr"), "fixed_lr": plan.get("fixed_lr"), "rule": plan.get("rule"),
+                      "convention": plan.get("convention"), "n_boot": as_int(n_boot, "n_boot")}
     with tracked_step(tr, tr.key(COMPARE_KEY), name="compare autoscaled vs fixed", kind="compare", identity=inputs,
                       identity_tag=INPUTS_HASH_TAG, tags={"family": family, "dataset": dataset,
                                                           "rule": plan.get("rule"),
-                                                          "convention": plan.get("convention")},
-                      log=lambda line: log("compare", line)) as run:
+                                                          "convention": plan.get("convention"),
+                                                          report.NOTE_TAG: description},
+                      params=compare_params, log=lambda line: log("compare", line)) as run:
         if run.reused:
             log("compare", f"reused the finished comparison run {run.run_id} (same trainings)")
         else:
-            headline = {k: v for k, v in stats.items() if not isinstance(v, (list, str))}
-            for name in ("kendall_tau_b", "spearman_rho", "mean_accuracy_delta"):
-                if stats.get(f"{name}_ci"):
-                    headline[f"{name}_ci_low"], headline[f"{name}_ci_high"] = stats[f"{name}_ci"]
+            headline = headline_metrics(stats)
             headline.update(base_lr=plan.get("base_lr"), n_skipped=len(plan.get("skipped", [])))
             run.log_metrics(headline)
-            for i, row in enumerate(rows):
-                name = slug(row["arch"])
-                run.log_metrics({f"acc_autoscaled/{name}": row.get("autoscaled_acc"),
-                                 f"acc_fixed/{name}": row.get("fixed_acc"),
-                                 f"accuracy_delta/{name}": row.get("delta"),
-                                 f"predicted_lr/{name}": row.get("predicted_lr")})
-                run.log_metrics({"accuracy_delta_by_index": row.get("delta")}, step=i)
+            for i, row in enumerate(rows):  # one curve per quantity (step = position in the table), not one bar each
+                run.log_metrics({"acc_autoscaled_by_index": report.points(row.get("autoscaled_acc")),
+                                 "acc_fixed_by_index": report.points(row.get("fixed_acc")),
+                                 "accuracy_delta_by_index": report.points(row.get("delta")),
+                                 "predicted_lr_by_index": row.get("predicted_lr")}, step=i)
+            run.log_table(report.transfer_table(rows), report.TABLE_FILE)
             for path in [out / SUMMARY_FILE, out / SUMMARY_MD_FILE, *plots.values()]:
                 run.log_file(path, "comparison" if str(path).endswith((".json", ".md")) else "plots")
             run.summary = {"stats": stats, "rows": rows}
-            parent_metrics = {k: stats.get(k) for k in ("kendall_tau_b", "spearman_rho", "mean_accuracy_delta",
-                                                        "autoscaled_wins", "fixed_wins", "rank_changes")}
+            parent_metrics = {k: headline.get(k) for k in PARENT_METRICS}
             tr.log_metrics(parent.run_id, {**parent_metrics, "base_lr": plan.get("base_lr")})
+            tr.log_table(parent.run_id, report.transfer_table(rows), report.TABLE_FILE)
+            tr.set_tags(parent.run_id, {report.NOTE_TAG: description})
             for path in plots.values():
                 tr.log_file(parent.run_id, path, "plots")
+        report.tag_children(tr, report.transfer_child_tags(rows))
     tr.finish(parent.run_id)
     summary["mlflow"] = {"tracking_uri": tr.uri, "experiment": experiment, "experiment_id": tr.experiment_id,
-                         "parent_run_id": parent.run_id, "compare_run_id": run.run_id}
+                         "parent_run_id": parent.run_id, "compare_run_id": run.run_id,
+                         "runs_url": report.runs_url(tr.uri, tr.experiment_id)}
     write_json(out / SUMMARY_FILE, summary)
+    delta = report.points(stats.get("mean_accuracy_delta"))
     log("compare", f"{len(rows)} architectures, tau-b {fmt(stats.get('kendall_tau_b'), '.3f')}, mean delta "
-                   f"{fmt(stats.get('mean_accuracy_delta'), '+.4f')}; comparison run {run.run_id}")
+                   f"{fmt(delta, '+.2f')} points; comparison run {run.run_id}")
     log_journaled("compare", tr, "comparison")
     return summary

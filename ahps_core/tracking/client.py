@@ -48,6 +48,8 @@ RUN_GROUP_TAG = "ahps.run_group"
 RUN_KEY_TAG = "ahps.run_key"
 KIND_TAG = "ahps.kind"
 CONFIG_HASH_TAG = "ahps.config_hash"
+#: the experiment tag MLflow 3's UI reads to open an experiment on its runs table, not the GenAI overview
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 INPUTS_HASH_TAG = "ahps.inputs_hash"
 OWNER_TAG = "ahps.owner"
 PARENT_TAG = "mlflow.parentRunId"
@@ -205,7 +207,7 @@ class Tracker(RunLogging):
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return self.client.create_experiment(self.experiment, tags={"ahps": "true"},
+                return self.client.create_experiment(self.experiment, tags={"ahps": "true", **EXPERIMENT_KIND_TAGS},
                                                      artifact_location=default_artifact_location(self.uri))
             except MlflowException as exc:
                 if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
@@ -216,6 +218,9 @@ class Tracker(RunLogging):
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(f"MLflow experiment {self.experiment!r} is deleted: restore it (mlflow experiments "
                                 "restore) or choose another experiment name")
+        for key, value in EXPERIMENT_KIND_TAGS.items():  # an experiment created before ahps set it
+            if key not in (exp.tags or {}):
+                self.client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
     @property

@@ -69,6 +69,8 @@ class RunLogging:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
         elif kind == "dict":
             self.client.log_dict(run_id, op["data"], op["file"])
+        elif kind == "table":  # an MLflow table artifact (the UI's artifact view shows it as a table)
+            self.client.log_table(run_id, data=op["data"], artifact_file=op["file"])
         elif kind == "file":
             self.client.log_artifact(run_id, str(op["path"]), op.get("dir"))
         elif kind == "status":
@@ -139,6 +141,11 @@ class RunLogging:
 
     def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
         self._send(run_id, {"op": "dict", "data": data, "file": artifact_file}, "artifact logging")
+
+    def log_table(self, run_id: str, data: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """``data`` (column -> values) as an MLflow table artifact ``artifact_file`` (``.json``)."""
+        self._send(run_id, {"op": "table", "data": {k: list(v) for k, v in data.items()}, "file": artifact_file},
+                   "artifact logging")
 
     def log_file(self, run_id: str, path: str | os.PathLike[str], artifact_dir: str | None = None) -> None:
         self._send(run_id, {"op": "file", "path": str(path), "dir": artifact_dir}, "artifact logging")

@@ -108,6 +108,9 @@ class TrackedStep:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.tracker.log_dict(self.run_id, data, artifact_file)
 
+    def log_table(self, data: Mapping[str, list[Any]], artifact_file: str) -> None:
+        self.tracker.log_table(self.run_id, data, artifact_file)
+
 
 @contextlib.contextmanager
 def tracked_step(
