@@ -65,13 +65,13 @@ class TaskProgress:
     """Counts finished tasks and writes one progress line per finished task to ``out`` (thread-safe). The ETA is
     the mean time per finished task times the tasks left (tasks differ in cost: an estimate, said so)."""
 
-    def __init__(self, total: int, out: TextIO, label: str = "ahps run") -> None:
-        self.total, self.out, self.label = max(1, total), out, label
+    def __init__(self, total: int, out: TextIO, label: str = "ahps run", unit: str = "tasks") -> None:
+        self.total, self.out, self.label, self.unit = max(1, total), out, label, unit
         self.done = 0
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
-    def task_done(self, name: str, status: str) -> None:
+    def task_done(self, name: str, status: str = "SUCCESS") -> None:
         with self.lock:
             self.done += 1
             self.total = max(self.total, self.done)
@@ -79,7 +79,7 @@ class TaskProgress:
             left = self.total - self.done
             eta = f", ETA ~{_duration(elapsed / self.done * left)}" if left else ""
             state = "" if status == "SUCCESS" else f" {status}"
-            self.out.write(f"[{self.label}] {self.done}/{self.total} tasks done ({name}{state}), "
+            self.out.write(f"[{self.label}] {self.done}/{self.total} {self.unit} done ({name}{state}), "
                            f"{_duration(elapsed)} elapsed{eta}\n")
             self.out.flush()
 
