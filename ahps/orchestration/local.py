@@ -138,6 +138,7 @@ class FilteredStdout(io.TextIOBase):
             clean = plain.strip()
             if self._keep.search(clean) and "Traceback" not in clean:
                 self.real.write(clean + "\n")
+                self.real.flush()  # a pipe (`| tee`) sees each progress line when it happens
         done = TASK_DONE.search(plain)
         if done and self.progress is not None:
             self.progress.task_done(done.group(1), done.group(2))
