@@ -24,6 +24,7 @@ from tests.conftest import REPO, ahps_cmd
 RULES: list[tuple[str, str, str]] = [
     ("make run", "skip", "`ahps run` with the defaults: tests/test_pipeline_local.py's slow default-run test"),
     ("make test", "skip", "this test suite itself"),
+    (". .venv/bin/activate", "skip", "changes the calling shell; these tests call this interpreter's ahps"),
     ("ahps run --list-params", "fast", ""),
     ("ahps run -p targets=2_02,2_22_222", "skip", "--tracking-uri http://mlflow:5000: an MLflow server by that name"),
     ("ahps run reevaluate", "slow", ""),
