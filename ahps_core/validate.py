@@ -267,7 +267,8 @@ def validate(
     ``proxy_targets``, ``measurements``, ``skipped`` (``{arch, reason}``), ``distinct_measured``,
     ``resolution``, ``plot`` (PNG path or None), ``seconds``. ``family`` is ignored with ``models`` (user
     networks use the ``graph`` family's conventions). ``sampling``: how the targets were chosen (recorded).
-    ``log``: a callable receiving one human-readable line per finished target (default: nothing).
+    ``log``: a callable receiving human-readable lines (default: nothing): one when the measuring starts (after
+    every check), then one per finished architecture (the proxy first).
     """
     from ahps_core import lr_search as ls
     from ahps_core.presets import default_budget, default_width
@@ -345,6 +346,8 @@ def validate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(targets) + 1, desc="validate", unit="arch", file=sys.stderr, leave=False)
+    emit(f"measuring the maximal LR of the proxy {family}:{source.proxy.spec} and {len(targets)} target(s), "
+         f"{len(seeds)} seed(s) each")
     try:
         base = measure(source.proxy.spec, "base", source.proxy)
         if bar is not None:

@@ -14,8 +14,11 @@ This module parses and prints; the work is done by :mod:`ahps.orchestration`.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -93,7 +96,7 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     The default run needs nothing but this install: scikit-learn's digits, five mlp DAG targets of different
     depths and topologies, 1 seed, MLflow in a SQLite store under ./mlruns.
     """
-    from ahps.orchestration.local import default_parallelism, local_params, run_locally
+    from ahps.orchestration.local import RunInterrupted, default_parallelism, local_params, run_locally
     from ahps.orchestration.params import pipeline_and_params
     from ahps_core.tracking import local_store_uri, ui_command
 
@@ -109,10 +112,18 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     parallelism = parallelism or default_parallelism()
     args = local_params(pipe, given, output_dir=out_dir, tracking_uri=uri, run_group=run_group,
                         parallelism=parallelism)
-    done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism, verbose=verbose, echo=click.echo)
+    # --json: stdout carries the JSON document only; every progress line goes to stderr
+    def echo(line: str) -> None:
+        click.echo(line, err=as_json)
+
+    try:
+        done = run_locally(pipe, args, output_dir=out_dir, parallelism=parallelism, verbose=verbose, echo=echo,
+                           out=sys.stderr if as_json else sys.stdout)
+    except RunInterrupted as exc:
+        _report_interrupted(pipeline, args, exc.log_path)
     if done.ignored_cluster_settings:
-        click.echo("note: the local runner ignores the cluster settings of the training steps (GPU request, node "
-                   "placement, secrets, volumes); every task ran on CPU")
+        echo("note: the local runner ignores the cluster settings of the training steps (GPU request, node "
+             "placement, secrets, volumes); every task ran on CPU")
     summary = done.summary
     if as_json:
         click.echo(json.dumps(summary, indent=1))
@@ -133,7 +144,42 @@ def run_cmd(pipeline: str, params: tuple[str, ...], params_dir: str | None, trac
     if ml.get("runs_url"):
         click.echo(f"then the runs table: {ml['runs_url']}")
     click.echo(f"done in {time.perf_counter() - started:.1f} s")
+    hint = path_hint()
+    if hint:
+        click.echo(hint)
     _report_journal(done.journal, uri, args["run_group"])
+
+
+#: Exit code of an interrupted ``ahps run`` (128 + SIGINT, the shell's convention).
+INTERRUPTED_EXIT = 130
+
+
+def _report_interrupted(pipeline: str, args: dict, log_path: Path) -> NoReturn:
+    """Ctrl-C: what to run to resume and what that reuses; exit :data:`INTERRUPTED_EXIT`."""
+    argv = [a for a in sys.argv[1:] if a != "--"]
+    again = "ahps " + shlex.join(argv if argv[:1] == ["run"] else ["run", pipeline])
+    ckpt = args.get("checkpoint_root") or ""
+    click.echo(f"\ninterrupted: the run of pipeline {pipeline!r} (run group {args['run_group']!r}) stopped before "
+               "it finished.", err=True)
+    click.echo(f"to resume, run the same command again: {again}\n  it reuses every training that finished (its MLflow "
+               f"run in run group {args['run_group']!r}) and resumes the interrupted ones from their last epoch "
+               f"checkpoint{' under ' + ckpt if ckpt else ''}; output so far: {log_path}", err=True)
+    raise click.exceptions.Exit(INTERRUPTED_EXIT)
+
+
+def path_hint() -> str:
+    """How to get ``ahps`` and ``mlflow`` on PATH when they are not (e.g. after ``make run``: they are in .venv)."""
+    import shutil
+
+    bindir = Path(sys.executable).parent
+    if all(shutil.which(name) and Path(shutil.which(name) or "").parent == bindir for name in ("ahps", "mlflow")):
+        return ""
+    try:
+        shown = bindir.relative_to(Path.cwd())
+    except ValueError:
+        shown = bindir
+    return (f"ahps and mlflow are in {shown}/ but not on PATH: run `. {shown}/activate` (or call {shown}/ahps and "
+            f"{shown}/mlflow)")
 
 
 #: ``ahps run``: the pipeline finished, but MLflow did not get everything (it is journaled, see ``ahps sync``).

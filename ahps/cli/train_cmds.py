@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -148,6 +149,13 @@ def _echo_json(payload: Any) -> None:
 # --- find-lr -------------------------------------------------------------------------------------------------
 
 
+def _find_lr_start(grid: list[float] | None, seeds: list[int], refine: bool, what: str, dataset: str) -> None:
+    """find-lr's first line (stderr, so ``--json`` keeps stdout to the JSON document)."""
+    click.echo(f"[ahps find-lr] probing {len(grid) if grid else 'the default'} learning rates x {len(seeds)} "
+               f"seed(s) on {what} ({dataset}){', then a refinement around the best' if refine else ''}; a "
+               "progress bar on a terminal", err=True)
+
+
 @click.command("find-lr")
 @family_or_model_opt
 @dataset_opt
@@ -180,6 +188,8 @@ def find_lr_cmd(family, dataset, data_root, grid_min, grid_max, grid_points, gri
 
         label = f"{model_ref}" + (f" {arch!r}" if arch is not None else "")
         check_fits(models.build(arch, 0), data, label)
+    _find_lr_start(grid, seed_list, refine, model_ref if models is not None else f"the {family} proxy", dataset)
+    if models is not None:
         result = find_max_lr(models.seeded(arch), data, grid, seed_list, budget, refine=refine, threads=threads,
                              label=label, resolution=resolution)
     else:
@@ -279,8 +289,19 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sampling, sa
     budget = _budget(dataset, epochs, batch_size, max_steps, device, family)
     data = _load(dataset, data_root, split_file)
 
+    from ahps.orchestration.progress import TaskProgress
+
+    # validate's first line says what it measures, then one line per measured architecture with the overall
+    # count and ETA; on stderr, with --json too (stdout then holds the JSON document only)
+    progress = TaskProgress(len(targets) + 1, sys.stderr, label="ahps validate", unit="architectures")
+    started: list[bool] = []
+
     def log(line: str) -> None:
-        click.echo(line, err=True)
+        if not started:
+            started.append(True)
+            click.echo(f"[ahps validate] {line}", err=True)
+        else:
+            progress.task_done(line)
 
     report = validate(
         family, dataset, targets, rules=[r.strip() for r in rules.split(",") if r.strip()],
@@ -288,7 +309,7 @@ def validate_cmd(family, dataset, data_root, depths, archs, sample, sampling, sa
         data=data, grid=grid,
         seeds=seed_list, budget=budget, width=width, kernel_size=kernel_size, init=init, refine=refine,
         resolution=resolution or None, n_boot=n_boot, models=models, sampling=sampling_info,
-        threads=threads, out_dir=out_dir, plot=plot, log=None if as_json else log,
+        threads=threads, out_dir=out_dir, plot=plot, log=log, progress=False,
     )
     if check_init:
         from ahps_core.coord_check import coord_checks

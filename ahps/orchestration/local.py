@@ -16,14 +16,15 @@ import io
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ahps_core.checks import check_writable_dir
 from ahps_core.errors import OrchestrationError, redact_secrets
@@ -33,11 +34,12 @@ from pipelines import PipelineDef
 from pipelines.cluster import TaskSettings
 
 from ahps.orchestration.params import default_run_group, validated
+from ahps.orchestration.progress import ANSI as _ANSI
+from ahps.orchestration.progress import TASK_DONE, TaskProgress, count_tasks, iterations, want_color
 
 #: What ``ahps run reevaluate`` runs besides the generated data: the fixture's 3 cells, a tiny network and budget,
 #: one seed (each is a deviation from NAS-Bench-201's protocol, and the report lists them).
 LOCAL_BUDGET = {"sample_size": 3, "epochs": 2, "C": 4, "N": 1, "batch_size": 64, "seeds": [777]}
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _IGNORED_WARNINGS = ("have no effect in the current local runner", "non-Python base image")
 
 
@@ -97,14 +99,20 @@ def local_params(pipe: PipelineDef, given: dict[str, Any], *, output_dir: Path, 
 
 
 class FilteredStdout(io.TextIOBase):
-    """Tees kfp's local-runner output to a log file; echoes only ahps' own progress lines (``[ahps ...]``) and
-    task failures to the terminal. Thread-safe (ParallelFor iterations run in threads)."""
+    """Tees kfp's local-runner output to a log file (without ANSI codes); echoes to ``real`` only ahps' own
+    progress lines (``[ahps ...]``) and task failures, or every line with ``verbose`` (coloured only when
+    :func:`~ahps.orchestration.progress.want_color`). Finished tasks go to ``progress``. After ``interrupted`` is
+    set nothing more is echoed (the tasks' KeyboardInterrupt tracebacks and FAILURE lines stay in the log).
+    Thread-safe (ParallelFor iterations run in threads)."""
 
     _keep = re.compile(r"\[ahps |ERROR|finished with status .*FAILURE")
 
-    def __init__(self, real, log_file) -> None:
+    def __init__(self, real, log_file, *, verbose: bool = False, progress: TaskProgress | None = None) -> None:
         super().__init__()
         self.real, self.log = real, log_file
+        self.verbose, self.progress = verbose, progress
+        self.color = verbose and want_color(real)
+        self.interrupted = threading.Event()
         self.buf = ""
         self.lock = threading.Lock()
 
@@ -113,19 +121,43 @@ class FilteredStdout(io.TextIOBase):
 
     def write(self, text: str) -> int:
         with self.lock:
-            self.log.write(redact_secrets(text))
             self.buf += text
             while "\n" in self.buf:
                 line, self.buf = self.buf.split("\n", 1)
-                clean = redact_secrets(_ANSI.sub("", line).strip())
-                if self._keep.search(clean) and "Traceback" not in clean:
-                    self.real.write(clean + "\n")
+                self._line(line)
             return len(text)
+
+    def _line(self, line: str) -> None:
+        plain = redact_secrets(_ANSI.sub("", line))
+        self.log.write(plain + "\n")
+        if self.interrupted.is_set():
+            return
+        if self.verbose:
+            self.real.write((redact_secrets(line) if self.color else plain) + "\n")
+        else:
+            clean = plain.strip()
+            if self._keep.search(clean) and "Traceback" not in clean:
+                self.real.write(clean + "\n")
+                self.real.flush()  # a pipe (`| tee`) sees each progress line when it happens
+        done = TASK_DONE.search(plain)
+        if done and self.progress is not None:
+            self.progress.task_done(done.group(1), done.group(2))
 
     def flush(self) -> None:
         with self.lock:
+            if self.buf:
+                self._line(self.buf)
+                self.buf = ""
             self.log.flush()
             self.real.flush()
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C (SIGINT) during :func:`run_locally`; ``log_path`` holds the output so far."""
+
+    def __init__(self, log_path: Path) -> None:
+        super().__init__(f"interrupted (log: {log_path})")
+        self.log_path = log_path
 
 
 def failure_message(log_path: Path) -> str:
@@ -159,15 +191,17 @@ def default_parallelism() -> int:
 
 
 def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, parallelism: int, verbose: bool,
-                echo: Callable[[str], None]) -> LocalRun:
+                echo: Callable[[str], None], out: TextIO | None = None) -> LocalRun:
     """Run ``pipe`` with the checked parameters ``args`` on kfp's local runner, pipeline root ``output_dir``;
-    ``echo`` gets the start line. Output: the progress lines of the steps on stdout (everything with
-    ``verbose``), the whole task output in ``<output_dir>/logs/``. A failed task is an OrchestrationError naming
-    the task's last error and the log."""
+    ``echo`` gets the start line. Output on ``out`` (default stdout; ``ahps run --json`` passes stderr): the
+    progress lines of the steps and one overall ``k/N tasks done`` line per finished task (every line with
+    ``verbose``); the whole task output, without ANSI codes, in ``<output_dir>/logs/``. A failed task is an
+    OrchestrationError naming the task's last error and the log; Ctrl-C is :class:`RunInterrupted`."""
     from kfp import local
 
     from ahps_core.tracking import JOURNAL_ENV, journal_root, pending_files
 
+    out = out if out is not None else sys.stdout
     os.environ.setdefault(JOURNAL_ENV, str(output_dir / "tracking-journal"))  # the tasks inherit it
     cores = os.cpu_count() or 1
     if parallelism > 1:
@@ -179,8 +213,9 @@ def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, pa
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{pipe.name}-{datetime.now():%Y%m%d-%H%M%S}.log"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir), raise_on_error=True)
+    total = count_tasks(func.pipeline_spec, iterations(args))
     echo(f"running pipeline {pipe.name!r} on kfp's local runner (run group {args['run_group']}, {parallelism} "
-         f"parallel tasks); log: {log_path}")
+         f"parallel tasks, about {total} tasks); log: {log_path}")
     ignored: list[str] = []
 
     def on_warning(message, category, filename, lineno, file=None, line=None):
@@ -190,14 +225,20 @@ def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, pa
             return
         print(f"{category.__name__}: {text}", file=sys.stdout)
 
-    with open(log_path, "w") as log_file, warnings.catch_warnings():
+    with open(log_path, "w") as log_file, warnings.catch_warnings(), _sigint_flag() as interrupted:
         warnings.showwarning = on_warning
         warnings.simplefilter("always")
-        stream = sys.stdout if verbose else FilteredStdout(sys.stdout, log_file)
+        stream = FilteredStdout(out, log_file, verbose=verbose, progress=TaskProgress(total, out))
+        stream.interrupted = interrupted
         try:
             with contextlib.redirect_stdout(stream):
                 task = func(**args)
+        except KeyboardInterrupt:
+            interrupted.set()
+            raise RunInterrupted(log_path) from None
         except RuntimeError as exc:
+            if interrupted.is_set():  # a task died of the same Ctrl-C first
+                raise RunInterrupted(log_path) from None
             log_file.flush()
             cause = failure_message(log_path) if not verbose else ""
             first = _ANSI.sub("", str(exc)).splitlines()[0]
@@ -209,5 +250,25 @@ def run_locally(pipe: PipelineDef, args: dict[str, Any], *, output_dir: Path, pa
                     pending_files(journal_root(), args["run_group"]))
 
 
-__all__ = ["LOCAL_BUDGET", "LOCAL_DEFAULTS", "FilteredStdout", "LocalRun", "default_parallelism", "failure_message",
-           "local_pack", "local_params", "run_locally"]
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[threading.Event]:
+    """An event set on SIGINT (then KeyboardInterrupt as usual), so that a task that died of the same Ctrl-C
+    (the terminal signals the whole process group) is not reported as a failure."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+__all__ = ["LOCAL_BUDGET", "LOCAL_DEFAULTS", "FilteredStdout", "LocalRun", "RunInterrupted", "default_parallelism",
+           "failure_message", "local_pack", "local_params", "run_locally"]

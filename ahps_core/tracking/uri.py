@@ -6,9 +6,11 @@ store's layout. No mlflow import here."""
 from __future__ import annotations
 
 import base64
+import shlex
 import os
 import socket
 import sqlite3
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -44,10 +46,28 @@ def default_artifact_location(uri: str) -> str | None:
 
 
 def ui_command(uri: str) -> str:
-    """How to open the MLflow UI on ``uri``."""
+    """How to open the MLflow UI on ``uri``: a shell command that works as printed from the current directory
+    (the ``mlflow`` of this interpreter's environment, by path when ``mlflow`` on PATH is not that one)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return f"{mlflow_executable()} ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def mlflow_executable() -> str:
+    """``mlflow`` when PATH finds this environment's, else the path of this environment's ``mlflow`` script
+    (relative to the current directory when below it, e.g. ``.venv/bin/mlflow``)."""
+    import shutil
+
+    mine = Path(sys.executable).parent / "mlflow"
+    if not mine.is_file():
+        return "mlflow"
+    found = shutil.which("mlflow")
+    if found and Path(found).resolve() == mine.resolve():
+        return "mlflow"
+    try:
+        return shlex.quote(str(mine.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(mine))
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
