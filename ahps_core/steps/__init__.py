@@ -12,6 +12,7 @@ module                             steps
 :mod:`~ahps_core.steps.base_lr`    ``base_lr_step``: the proxy's base LR (both pipelines)
 :mod:`~ahps_core.steps.common`     arms, file names, environment, run group and parent run, training config
 :mod:`~ahps_core.steps.params`     the checks of each pipeline's parameters
+:mod:`~ahps_core.steps.report`     MLflow as the report: run descriptions, table artifacts, child delta/rank tags
 =================================  =======================================================================
 
 Every step takes the MLflow tracking URI, the experiment and the run-group key, writes its results to its output
