@@ -212,7 +212,9 @@ def format_reevaluation(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_reevaluation_markdown(summary: Mapping[str, Any]) -> str:
+def reevaluation_markdown_head(summary: Mapping[str, Any]) -> list[str]:
+    """The first lines of a re-evaluation's markdown: the title, the REDUCED budget and the protocol with every
+    deviation as block quotes (empty when the run is on the protocol)."""
     budget, protocol = summary.get("budget", {}), summary.get("protocol") or {}
     lines = [f"# ahps reevaluate: NB201 on {summary.get('dataset')} (run group {summary.get('run_group')})", ""]
     if budget.get("reduced"):
@@ -220,5 +222,9 @@ def format_reevaluation_markdown(summary: Mapping[str, Any]) -> str:
     if protocol:
         lines += [f"> protocol={protocol.get('label')}: {protocol.get('text')}", ""]
         lines += [f"> - {d['name']}: {d['text']}" for d in protocol.get("deviations", [])] + [""]
-    lines += ["```", format_reevaluation(summary), "```"]
+    return lines
+
+
+def format_reevaluation_markdown(summary: Mapping[str, Any]) -> str:
+    lines = [*reevaluation_markdown_head(summary), "```", format_reevaluation(summary), "```"]
     return "\n".join(lines) + "\n"

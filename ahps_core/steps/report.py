@@ -72,16 +72,11 @@ def reevaluation_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]
 def reevaluation_markdown(summary: Mapping[str, Any]) -> str:
     """The description of a re-evaluation's ranking and parent runs: the budget/protocol banner, a markdown table
     with one row per cell (code and NB201 string, accuracies in points, delta, ranks) and the headline numbers."""
-    from ahps_core.reports import fmt, format_protocol
+    from ahps_core.reports import fmt, format_protocol, reevaluation_markdown_head
 
-    budget, protocol, s = summary.get("budget", {}), summary.get("protocol") or {}, summary.get("stats", {})
-    lines = [f"# ahps reevaluate: NB201 on {summary.get('dataset')} (run group {summary.get('run_group')})", ""]
-    if budget.get("reduced"):
-        lines += [f"> **{budget.get('text')}**", ""]
-    if protocol:
-        lines += [f"> protocol={protocol.get('label')}: {protocol.get('text')}", ""]
-        lines += [f"> - {d['name']}: {d['text']}" for d in protocol.get("deviations", [])] + [""]
-    elif format_protocol(summary):
+    s = summary.get("stats", {})
+    lines = reevaluation_markdown_head(summary)
+    if not summary.get("protocol") and format_protocol(summary):
         lines += [f"> {ln.strip('! ')}" for ln in format_protocol(summary) if ln.strip("! ")] + [""]
     top = (summary.get("topk") or [{}])[0]
     lines += [f"mean accuracy delta (new - benchmark) **{fmt(s.get('mean_accuracy_delta'), '+.2f')} points**; "
